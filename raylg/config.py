@@ -282,19 +282,37 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a dict; a top-level `base: other.yaml` (relative to the file) is merged under it."""
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r}: expected a mapping at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen:
+        raise ConfigError(f"config file {str(path)!r}: 'base' includes itself through {str(base_path)!r}")
+    return _merge(read_yaml(base_path, _seen + (base_path,)), data)
+
+
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None, cls=Config):
     """Load a YAML config file (or the defaults), apply overrides, validate."""
-    data = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(p)!r}: expected a mapping at the top level")
+        data = read_yaml(p)
         try:
             cfg = from_dict(cls, data)
         except ConfigError as e:
