@@ -26,12 +26,29 @@ class DataBundle:
     test: ImageDataset | None
     val_carved: bool
 
-    name = property(lambda self: self.source.name)
-    num_classes = property(lambda self: self.source.num_classes)
-    in_chans = property(lambda self: self.source.in_chans)
-    mean = property(lambda self: tuple(self.source.mean))
-    std = property(lambda self: tuple(self.source.std))
-    class_names = property(lambda self: list(self.source.class_names))
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def num_classes(self) -> int:
+        return self.source.num_classes
+
+    @property
+    def in_chans(self) -> int:
+        return self.source.in_chans
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.source.mean)
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.source.std)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.source.class_names)
 
     def split(self, split: str) -> ImageDataset:
         ds = getattr(self, split, None) if split in SPLITS else None
