@@ -3,6 +3,7 @@ imagefolder on small files written here in the official formats. CPU, seconds.""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import pickle
@@ -19,6 +20,8 @@ from torch.utils.data import DataLoader
 
 from raylg.config import DataConfig
 from raylg.data import DATASETS, DataError, build
+from raylg.data import cifar
+from raylg.data.archive import md5sum
 from raylg.data.transforms import safe_posterize, train_transform
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -283,6 +286,28 @@ def test_cifar_checksum_mismatch_names_the_archive(tmp_path):
                                         r"c58f30108f718f92721af3b95e74349a, got [0-9a-f]{32}"):
         build(cfg(name="cifar10", root=str(tmp_path), download=False))
     assert not (tmp_path / "cifar-10-batches-py").exists()  # nothing extracted from an unverified archive
+
+
+def test_cifar_archive_with_matching_md5_is_extracted_and_bad_ones_refused(tmp_path):
+    src = write_cifar(tmp_path / "src")
+    tar_path = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as tar:
+        tar.add(src, arcname=src.name)
+    spec = dataclasses.replace(cifar.CIFAR10, md5=md5sum(tar_path))  # stand-in for the published md5
+    b = cifar.load(spec, cfg(name="cifar10", root=str(tmp_path), download=False))
+    assert len(b.splits["train"]) == 150 and (tmp_path / "cifar-10-batches-py" / "test_batch").is_file()
+    for name, payload in [("garbage", b"\x1f\x8b not a tar"), ("escape", None)]:
+        root = tmp_path / name
+        root.mkdir()
+        bad = root / "cifar-10-python.tar.gz"
+        if payload is None:  # a member that would land outside the cache folder
+            with tarfile.open(bad, "w:gz") as tar:
+                tar.add(src / "test_batch", arcname="../outside")
+        else:
+            bad.write_bytes(payload)
+        with pytest.raises(DataError, match=r"cannot extract '.*cifar-10-python.tar.gz'"):
+            cifar.load(dataclasses.replace(spec, md5=md5sum(bad)), cfg(root=str(root), download=False))
+    assert not (tmp_path / "outside").exists()
 
 
 class _OpenOnUnpickle:
