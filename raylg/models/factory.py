@@ -1,0 +1,114 @@
+"""Build students and teachers by name through timm's registry (never with weights).
+
+A student is any timm model whose class has a raylg family (raylg.models.families): plain
+ViTs (DeiT and raylg's patch-4 variants), ConViT, PiT and PVTv2. ``STUDENTS`` lists the
+ones raylg tests and has layer maps for. The family decides whether the builder takes
+``img_size`` (PVTv2 takes none: its padded conv embeddings fit any size) and whether the
+image size fits the patch grid.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from typing import Any, Optional, Union
+
+import timm
+from timm.models import is_model, list_models, model_entrypoint
+from torch import nn
+
+from ..config import ModelConfig
+from . import resnet_cifar, students, walks  # noqa: F401  (register models and families)
+from .errors import ModelError
+from .families import Family, find_family, supported_classes
+
+STUDENTS: tuple[str, ...] = (
+    # the paper's students
+    "deit_tiny_patch16_224",
+    "deit_tiny_patch4_32",
+    "pit_ti_224",
+    "pvt_v2_b0",
+    "convit_tiny",
+    # CPU-sized students for presets, tests and CPU sweeps
+    "deit_micro_patch4_32",
+    "pvt_v2_micro",
+)
+TEACHERS: tuple[str, ...] = ("resnet56_cifar", "resnet20_cifar", "resnet18_cifar")
+_STUDENT_LIKE = ["deit_*", "vit_*", "pit_*", "pvt_v2_*", "convit_*"]  # spelling hints only
+
+# kwargs raylg sets itself, and where the value comes from instead
+_RESERVED = {
+    "pretrained": "always False (raylg trains from scratch)",
+    "img_size": "data.img_size",
+    "in_chans": "the dataset's channels",
+    "num_classes": "the dataset's classes",
+    "drop_path_rate": "model.drop_path",
+}
+
+
+def _builder_class(name: str) -> Optional[type]:
+    """The class a registered timm entrypoint builds (timm annotates every entrypoint)."""
+    if not is_model(name):
+        return None
+    try:
+        cls = typing.get_type_hints(model_entrypoint(name)).get("return")
+    except Exception:  # an unresolvable annotation: treat as unknown
+        return None
+    return cls if isinstance(cls, type) else None
+
+
+def _unknown(kind: str, name: str, valid: tuple[str, ...], pool: list[str], extra: str = "") -> ModelError:
+    close = difflib.get_close_matches(name, list(valid) + pool, n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return ModelError(f"unknown {kind} {name!r}{hint}. Valid {kind}s: {', '.join(valid)}{extra}")
+
+
+def student_family(name: str) -> Family:
+    """The family of the named student; ModelError listing the valid students if none."""
+    cls = _builder_class(name)
+    family = find_family(cls) if cls is not None else None
+    if family is None:
+        extra = f" (or any timm model of class {', '.join(supported_classes())})"
+        if cls is not None:
+            raise ModelError(
+                f"{name!r} builds a {cls.__name__}, which raylg cannot take block features from. "
+                f"Valid students: {', '.join(STUDENTS)}{extra}"
+            )
+        raise _unknown("student", name, STUDENTS, list_models(_STUDENT_LIKE), extra)
+    return family
+
+
+def _build(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        return timm.create_model(name, **kwargs)
+    except ModelError:
+        raise
+    except (TypeError, ValueError, AssertionError, RuntimeError) as e:
+        raise ModelError(f"cannot build {name} with {kwargs}: {e}") from e
+
+
+def create_student(cfg: Union[ModelConfig, str], img_size: int, in_chans: int, num_classes: int) -> nn.Module:
+    """A randomly initialised student for img_size x img_size images with in_chans channels."""
+    cfg = ModelConfig(name=cfg) if isinstance(cfg, str) else cfg
+    family = student_family(cfg.name)
+    clash = sorted(_RESERVED.keys() & cfg.kwargs.keys())
+    if clash:
+        raise ModelError(f"model.kwargs.{clash[0]} is not allowed: raylg sets {clash[0]} from {_RESERVED[clash[0]]}")
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
+        raise ModelError(f"img_size must be a positive integer, got {img_size!r}")
+    kwargs = dict(pretrained=False, in_chans=in_chans, num_classes=num_classes, drop_path_rate=cfg.drop_path, **cfg.kwargs)
+    if family.takes_img_size:
+        kwargs["img_size"] = img_size
+    model = _build(cfg.name, kwargs)
+    problem = family.size_error(model, img_size)
+    if problem:
+        raise ModelError(f"{cfg.name} cannot take {img_size}x{img_size} input: {problem}")
+    return model
+
+
+def create_teacher(name: str, in_chans: int = 3, num_classes: int = 10, **kwargs: Any) -> nn.Module:
+    """A randomly initialised CNN teacher exposing forward_stages(x) -> stage maps."""
+    cls = _builder_class(name)
+    if cls is None or not hasattr(cls, "forward_stages"):
+        raise _unknown("teacher", name, TEACHERS, [])
+    return _build(name, dict(pretrained=False, in_chans=in_chans, num_classes=num_classes, **kwargs))

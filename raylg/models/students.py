@@ -1,0 +1,67 @@
+"""Students raylg registers in timm's registry (timm has the classes, not these sizes).
+
+- ``deit_tiny_patch4_32``: DeiT-Ti (dim 192, 12 blocks, 3 heads) with 4x4 patches for
+  native 32x32 input (8x8 tokens), the ~3.4x-cheaper-than-224 setting.
+- ``deit_micro_patch4_32``: a 4-block, dim-64 DeiT for fast CPU presets, tests and sweeps.
+- ``pvt_v2_micro``: a PVTv2 with one block per stage (dims 32/48/64/96, ~0.34M parameters
+  beside deit_micro's 0.2M), the hierarchical counterpart, so a CPU sweep can search over
+  architecture.
+
+All are built with ``timm.create_model(name, pretrained=False, ...)`` like any timm model;
+keyword arguments (depth, embed_dim, ...) override the defaults below. No weights exist.
+"""
+
+from __future__ import annotations
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.pvt_v2 import PyramidVisionTransformerV2
+from timm.models.vision_transformer import VisionTransformer
+
+from .errors import ModelError
+
+
+def _cfg(input_size=(3, 32, 32), **kwargs):
+    return {
+        "url": "", "num_classes": 100, "input_size": input_size, "pool_size": None, "crop_pct": 1.0,
+        "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj", "classifier": "head", "license": "apache-2.0", **kwargs,
+    }
+
+
+# register_model picks these up from the module's `default_cfgs`
+default_cfgs = generate_default_cfgs({
+    "deit_tiny_patch4_32": _cfg(fixed_input_size=True),
+    "deit_micro_patch4_32": _cfg(fixed_input_size=True),
+    "pvt_v2_micro": _cfg(),
+})
+
+
+def _build(cls, variant: str, pretrained: bool, defaults: dict, kwargs: dict):
+    if pretrained:
+        raise ModelError(f"{variant} has no pretrained weights; raylg trains from scratch (pretrained=False)")
+    return build_model_with_cfg(cls, variant, pretrained=False, **dict(defaults, **kwargs))
+
+
+@register_model
+def deit_tiny_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """DeiT-Ti at 32x32 input: patch 4, dim 192, 12 blocks, 3 heads."""
+    defaults = dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3)
+    return _build(VisionTransformer, "deit_tiny_patch4_32", pretrained, defaults, kwargs)
+
+
+@register_model
+def deit_micro_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """A CPU-sized DeiT at 32x32 input: patch 4, dim 64, 4 blocks, 2 heads."""
+    defaults = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2)
+    return _build(VisionTransformer, "deit_micro_patch4_32", pretrained, defaults, kwargs)
+
+
+@register_model
+def pvt_v2_micro(pretrained: bool = False, **kwargs) -> PyramidVisionTransformerV2:
+    """A CPU-sized PVTv2: 4 stages of 1 block, dims 32/48/64/96, spatial reduction 4/2/1/1."""
+    defaults = dict(
+        depths=(1, 1, 1, 1), embed_dims=(32, 48, 64, 96), num_heads=(1, 1, 2, 3),
+        mlp_ratios=(4, 4, 4, 4), sr_ratios=(4, 2, 1, 1),
+    )
+    return _build(PyramidVisionTransformerV2, "pvt_v2_micro", pretrained, defaults, kwargs)
