@@ -58,7 +58,7 @@ def _builder_class(name: str) -> Optional[type]:
 
 
 def _unknown(kind: str, name: str, valid: tuple[str, ...], pool: list[str], extra: str = "") -> ModelError:
-    close = difflib.get_close_matches(name, list(valid) + pool, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(dict.fromkeys([*valid, *pool])), n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return ModelError(f"unknown {kind} {name!r}{hint}. Valid {kind}s: {', '.join(valid)}{extra}")
 
