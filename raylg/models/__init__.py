@@ -11,7 +11,7 @@ pvt_v2_micro) with timm, so ``timm.create_model`` builds them by name too.
 """
 
 from .errors import ModelError
-from .factory import STUDENTS, TEACHERS, create_student, create_teacher, student_family
+from .factory import STUDENTS, TEACHERS, create_classifier, create_student, create_teacher, is_teacher, student_family
 from .features import block_channels, block_features, forward_with_blocks, num_blocks, resolve_blocks
 from .layer_maps import LAYER_MAPS, default_layer_map
 from .resnet_cifar import ResNetCifar
@@ -24,7 +24,9 @@ __all__ = [
     "TEACHERS",
     "block_channels",
     "block_features",
+    "create_classifier",
     "create_student",
+    "is_teacher",
     "create_teacher",
     "default_layer_map",
     "forward_with_blocks",

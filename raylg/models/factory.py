@@ -112,3 +112,16 @@ def create_teacher(name: str, in_chans: int = 3, num_classes: int = 10, **kwargs
     if cls is None or not hasattr(cls, "forward_stages"):
         raise _unknown("teacher", name, TEACHERS, [])
     return _build(name, dict(pretrained=False, in_chans=in_chans, num_classes=num_classes, **kwargs))
+
+
+def is_teacher(name: str) -> bool:
+    cls = _builder_class(name)
+    return cls is not None and hasattr(cls, "forward_stages")
+
+
+def create_classifier(cfg: Union[ModelConfig, str], img_size: int, in_chans: int, num_classes: int) -> nn.Module:
+    """Whatever jobs train: a student, or a CNN teacher (jobs/train_teacher.py) by its name."""
+    cfg = ModelConfig(name=cfg) if isinstance(cfg, str) else cfg
+    if is_teacher(cfg.name):
+        return create_teacher(cfg.name, in_chans=in_chans, num_classes=num_classes, **cfg.kwargs)
+    return create_student(cfg, img_size=img_size, in_chans=in_chans, num_classes=num_classes)

@@ -1,0 +1,10 @@
+"""The errors that mean "the input is wrong" (printed as one line by the jobs), as opposed to bugs."""
+
+from raylg.checkpoint import CheckpointError
+from raylg.config import ConfigError
+from raylg.data import DataError
+from raylg.fit import ResumeError
+from raylg.models import ModelError
+from raylg.teacher import TeacherError
+
+USER_ERRORS = (ConfigError, DataError, ModelError, TeacherError, CheckpointError, ResumeError, FileNotFoundError)

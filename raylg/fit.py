@@ -1,0 +1,225 @@
+"""One training run: data, task, optimizer, epochs, checkpoints, metrics.
+
+`fit` is the whole per-process loop. It runs unchanged in a plain process (jobs/train.py)
+and in a Ray Train worker: the launcher passes `Hooks` that wrap the model and loaders
+(DDP, sharding) and receive each epoch's metrics and checkpoint. Nothing here imports Ray.
+
+A run directory holds:
+    config.yaml          the resolved config          data.json      split sizes, fingerprints
+    metrics.jsonl        one line per epoch           summary.json   best/final figures
+    checkpoints/last/    checkpoints/best/            student.safetensors (best student alone)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from raylg import checkpoint, config as config_lib, data, engine, schedule, teacher as teacher_lib
+from raylg.task import build_optimizer, build_task
+
+# fields that may differ between a run and its resume
+RESUME_IGNORES = ("run.resume", "run.progress", "data.num_workers", "data.eval_batch_size", "run.device")
+
+
+class ResumeError(RuntimeError):
+    pass
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Hooks:
+    """What a launcher gives fit(): a plain single process by default."""
+
+    rank, world_size = 0, 1
+
+    def device(self, cfg) -> torch.device:
+        want = cfg.run.device
+        if want == "auto":
+            want = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device(want)
+
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def wrap_loader(self, loader: DataLoader) -> DataLoader:
+        return loader
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        pass
+
+
+@dataclass
+class Setup:
+    bundle: Any
+    task: torch.nn.Module
+    targets: Any
+    teacher_card: dict | None
+
+
+def setup(cfg) -> Setup:
+    """Data and the task (student + guidance heads) on the CPU, teacher checked and loaded."""
+    bundle = data.build(cfg.data)
+    targets, card, channels = None, None, None
+    if cfg.guidance.locality.source == "shards":
+        raise config_lib.ConfigError("guidance.locality.source: 'shards' needs raylg.features (not built yet); use 'online'")
+    if cfg.teacher.path:
+        model, card = teacher_lib.load(cfg.teacher.path, fingerprint=bundle.fingerprint("train"), num_classes=bundle.num_classes)
+        if card["img_size"] != cfg.teacher.img_size:
+            raise teacher_lib.TeacherError(f"teacher.img_size is {cfg.teacher.img_size} but teacher {cfg.teacher.path!r} "
+                                           f"was trained at {card['img_size']}px")
+        targets = teacher_lib.OnlineTeacher(model, cfg.teacher.img_size, cfg.teacher.bn_mode)
+        channels = card["stage_channels"]
+    torch.manual_seed(cfg.run.seed)  # the student's init depends on the seed alone
+    task = build_task(cfg, in_chans=bundle.in_chans, num_classes=bundle.num_classes, teacher_channels=channels, targets=targets)
+    return Setup(bundle, task, targets, card)
+
+
+def _loader(dataset, batch_size: int, cfg, *, train: bool, seed: int) -> DataLoader:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=cfg.data.num_workers,
+                      drop_last=train and len(dataset) >= batch_size, generator=g,
+                      persistent_workers=cfg.data.num_workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def _set_epoch(loader, seed: int, epoch: int) -> None:
+    """Shuffle order and loader-worker seeds depend on (seed, epoch) alone, so a resumed run
+    sees the batches an uninterrupted one would. Under DDP the launcher's DistributedSampler
+    shards the data and is told the epoch."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    if getattr(loader, "generator", None) is not None:
+        loader.generator.manual_seed(seed * 100_003 + epoch)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def check_resume(cfg, run_dir: Path) -> Path:
+    last = checkpoint.find(run_dir / "checkpoints" / "last")
+    if last is None:
+        raise ResumeError(f"run.resume is set but {str(run_dir)!r} holds no checkpoint (looked for checkpoints/last/)")
+    saved = checkpoint.read_config(last)
+    diff = config_lib.diff(saved, cfg, ignore=RESUME_IGNORES)
+    if diff:
+        lines = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise ResumeError(f"cannot resume {str(run_dir)!r} with a different config ({lines})")
+    return last
+
+
+def fit(cfg, run_dir: str | Path, *, hooks: Hooks | None = None, resume_from: str | Path | None = None) -> dict[str, Any]:
+    """Train cfg in run_dir; returns the summary. resume_from: a checkpoint directory to continue."""
+    hooks = hooks or Hooks()
+    run_dir = Path(run_dir)
+    main = hooks.rank == 0
+    if cfg.run.resume and resume_from is None:
+        resume_from = check_resume(cfg, run_dir)
+    device = hooks.device(cfg)
+    s = setup(cfg)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_lib.save(cfg, run_dir / "config.yaml")
+        (run_dir / "data.json").write_text(json.dumps(
+            {"in_chans": s.bundle.in_chans, "num_classes": s.bundle.num_classes, "splits": s.bundle.describe(),
+             "fingerprint": s.bundle.fingerprint("train"),
+             "teacher": None if s.teacher_card is None else {k: s.teacher_card[k] for k in ("arch", "sha256", "val_top1")}},
+            indent=2))
+    task = s.task.to(device)
+    if s.targets is not None:
+        s.targets.to(device)
+    optimizer = build_optimizer(task, cfg.optim)
+    per_worker = max(1, cfg.optim.batch_size // hooks.world_size)
+    train_loader = hooks.wrap_loader(_loader(s.bundle.train, per_worker, cfg, train=True, seed=cfg.run.seed))
+    val_loader = hooks.wrap_loader(_loader(s.bundle.val, cfg.data.eval_batch_size, cfg, train=False, seed=cfg.run.seed))
+    steps = len(train_loader)
+    if cfg.run.max_train_batches:
+        steps = min(steps, cfg.run.max_train_batches)
+    if steps == 0:
+        raise ValueError(f"no training batches: {len(s.bundle.train)} training images for batch size {per_worker}")
+    lr_at = schedule.for_config(cfg.schedule, cfg.optim.lr, steps)
+
+    start_epoch, step, best = 0, 0, {"val/top1": -1.0, "epoch": -1}
+    if resume_from is not None:
+        meta = checkpoint.load(resume_from, module=task, optimizer=optimizer, map_location=device)
+        start_epoch, step = meta["epoch"] + 1, meta["step"]
+        best = meta["metrics"].get("best", best)
+    else:
+        seed_all(cfg.run.seed + hooks.rank)  # the same training randomness whatever heads were built
+    model = hooks.wrap_model(task)
+    metrics_path = run_dir / "metrics.jsonl"
+    if main and metrics_path.exists():  # keep only the epochs the checkpoint covers
+        kept = [l for l in metrics_path.read_text().splitlines() if l and json.loads(l)["epoch"] < start_epoch]
+        metrics_path.write_text("".join(l + "\n" for l in kept))
+
+    row: dict[str, Any] = {}
+    for epoch in range(start_epoch, cfg.schedule.epochs):
+        t0 = time.perf_counter()
+        _set_epoch(train_loader, cfg.run.seed, epoch)
+        bar = _progress(steps, f"epoch {epoch + 1}/{cfg.schedule.epochs}", main and cfg.run.progress)
+        train_m, step = engine.train_one_epoch(model, train_loader, optimizer, lr_at=lr_at, step=step, device=device,
+                                               precision=cfg.run.precision, clip_grad=cfg.optim.clip_grad,
+                                               max_batches=cfg.run.max_train_batches, progress=bar)
+        if bar is not None:
+            bar.close()
+        val_m = engine.evaluate(model, val_loader, device=device, precision=cfg.run.precision)
+        row = {"epoch": epoch, "step": step, **train_m, **val_m, "epoch_time_s": time.perf_counter() - t0}
+        is_best = row["val/top1"] > best["val/top1"]
+        if is_best:
+            best = {"val/top1": row["val/top1"], "val/top5": row["val/top5"], "epoch": epoch}
+        row["best/val/top1"] = best["val/top1"]
+        ckpt = None
+        if main:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            ckpt = checkpoint.save(run_dir / "checkpoints" / "last", module=task, optimizer=optimizer, cfg=cfg,
+                                   epoch=epoch, step=step, metrics={"row": row, "best": best})
+            if is_best:
+                checkpoint.save(run_dir / "checkpoints" / "best", module=task, optimizer=None, cfg=cfg,
+                                epoch=epoch, step=step, metrics={"row": row, "best": best})
+            print(_line(row), flush=True)
+        hooks.report(row, ckpt)
+
+    summary = {"best": best, "last": row, "epochs": cfg.schedule.epochs}
+    if main:
+        summary.update(_finish(cfg, run_dir, task, s.bundle, device))
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _finish(cfg, run_dir: Path, task, bundle, device) -> dict[str, Any]:
+    """Export the best student alone; evaluate it on the test split when the set has one."""
+    best_dir = checkpoint.find(run_dir / "checkpoints" / "best")
+    if best_dir is None:
+        return {}
+    checkpoint.load(best_dir, module=task, restore_rng=False, map_location=device)
+    out = {"student": str(checkpoint.export_weights(task.student, run_dir / "student.safetensors",
+                                                     metadata={"model": cfg.model.name}))}
+    if bundle.test is not None:
+        loader = _loader(bundle.test, cfg.data.eval_batch_size, cfg, train=False, seed=0)
+        out.update(engine.evaluate(task, loader, device=device, precision=cfg.run.precision, prefix="test"))
+    return out
+
+
+def _line(row: dict[str, Any]) -> str:
+    terms = " ".join(f"{k[6:]} {v:.4f}" for k, v in row.items() if k.startswith("train/") and "_mse" not in k)
+    return (f"epoch {row['epoch'] + 1}: {terms} | val top1 {row['val/top1']:.2f} top5 {row['val/top5']:.2f} "
+            f"| lr {row['lr']:.2e} | {row['images_per_s']:.0f} img/s | {row['epoch_time_s']:.1f}s")
