@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import yaml
 
 from ..violation import Violation
@@ -27,9 +29,12 @@ def yaml_parses(bundle):
             yield Violation(bundle.rel(path), where, f"is not valid YAML: {problem}")
 
 
+_KLOG_PREFIX = re.compile(r'^[EWIF]\d{4} [\d:.]+\s+\d+ \S+\] "command failed" err=')
+
+
 def kustomize_renders(bundle):
     """`kubectl kustomize` renders the target."""
     if bundle.render_error:
         kfile = bundle.tree.kustomizations[0] if bundle.tree.kustomizations else bundle.target
-        first = bundle.render_error.strip().splitlines()[-1][:400]
-        yield Violation(bundle.rel(kfile), "kustomization", f"kubectl kustomize fails: {first}")
+        message = _KLOG_PREFIX.sub("", bundle.render_error.strip().splitlines()[-1])
+        yield Violation(bundle.rel(kfile), "kustomization", f"kubectl kustomize fails: {message[:600]}")

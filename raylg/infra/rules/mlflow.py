@@ -68,7 +68,8 @@ def mlflow_auth(bundle):
         index, app = _flags(argv).get("--app-name", (None, None))
         if app != "basic-auth":
             where = _argv_path(container, cpath, index) if index is not None else (*cpath, "args")
-            yield bundle.at(res, where, f"--app-name is {app!r}: authentication is off (use basic-auth)")
+            yield bundle.at(res, where, f"--app-name is {app or 'not set'}: authentication is off "
+                            "(use --app-name=basic-auth)")
         flags = _flags(argv)
         if "--disable-security-middleware" in flags:
             yield bundle.at(res, _argv_path(container, cpath, flags["--disable-security-middleware"][0]),
@@ -130,8 +131,8 @@ def mlflow_allowed_hosts(bundle):
                 continue
             host = parsed.netloc.rsplit("@", 1)[-1]
             if not _allowed(patterns, host):
-                yield bundle.at(user, upath, f"MLFLOW_TRACKING_URI {uri} sends Host {host}, "
-                                "which the MLflow server's --allowed-hosts rejects")
+                yield bundle.at(user, upath, f"MLFLOW_TRACKING_URI {uri} sends Host {host}, which "
+                                f"{res.ref}'s --allowed-hosts rejects (403 Invalid Host header)")
 
 
 def _auth_database(bundle, res, container, pod_path) -> str | None:

@@ -4,7 +4,7 @@ MLflow. A namespace selector is accepted once: naming the KubeRay operator's nam
 
 from __future__ import annotations
 
-from ..walk import containers, get, mlflow_servers, pod_labels, pod_specs, selects
+from ..walk import get, mlflow_servers, pod_labels, pod_specs, selects
 
 HEAD_PORTS = {"dashboard": 8265, "client": 10001}
 OPERATOR_PORT = 8265
@@ -24,7 +24,7 @@ def _protected(bundle):
                     ports[port.get("containerPort")] = port["name"]
             yield res, path, labels, ports, "the Ray head"
     for res in bundle.of_kind("Deployment", "StatefulSet"):
-        for cpath, container, argv in mlflow_servers(res):
+        for cpath, container, _argv in mlflow_servers(res):
             pod_path = cpath[:-2]
             ports = {p.get("containerPort"): p.get("name") for p in container.get("ports") or []}
             yield res, pod_path, pod_labels(res, pod_path), ports or {5000: "http"}, "MLflow"

@@ -124,6 +124,8 @@ def sweep_storage_on_s3(bundle):
         if storage is None:
             yield bundle.at(res, ("spec", "entrypoint"),
                             "has no --storage s3://BUCKET/PREFIX: checkpoints would die with the cluster")
+        elif "$" in storage:
+            continue  # an unresolved variable: rayjob-entrypoint-variables reports it
         elif not storage.startswith("s3://"):
             yield bundle.at(res, ("spec", "entrypoint"),
                             f"--storage is {storage!r}, not an s3:// URI")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from ..violation import Violation, format_path
+from ..violation import Violation
 
 KUBERNETES_VERSION = "1.33"
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
