@@ -313,6 +313,14 @@ def test_ray_version_is_read_from_pyproject(repo):
 
 
 @requires_kubectl
+def test_mlflow_image_without_the_auth_extra_is_caught(repo):
+    # Found by running the manifest's `mlflow server` command locally: basic-auth needs Flask-WTF.
+    replace_text(repo, "infra/mlflow/Dockerfile", '"mlflow[auth]==', '"mlflow==')
+    violations = run_check(repo / "infra" / "overlays" / "single-gpu")
+    find(violations, "mlflow-auth", "infra/mlflow/Dockerfile", "RUN")
+
+
+@requires_kubectl
 def test_credentials_in_a_url_or_runtime_env_are_caught(repo):
     edit(repo, MLFLOW, lambda d: replace_arg(mlflow_container(d), "--backend-store-uri",
                                              "--backend-store-uri=postgresql://mlflow:s3cret@db/mlflow"), "Deployment")

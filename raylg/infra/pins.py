@@ -48,11 +48,12 @@ class Dockerfile:
     args: dict[str, str] = field(default_factory=dict)  # ARG defaults, last one wins
     froms: list[tuple[int, str]] = field(default_factory=list)  # (line, image) after ${ARG}s
     pip_pins: list[tuple[int, str, str]] = field(default_factory=list)  # (line, package, version)
+    pip_extras: dict[str, set[str]] = field(default_factory=dict)  # package -> extras installed
 
 
 _ARG = re.compile(r"^ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=(\S*))?", re.I)
 _FROM = re.compile(r"^FROM\s+(?:--platform=\S+\s+)?(\S+)", re.I)
-_PIN = re.compile(r"""(?<![\w.-])([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([A-Za-z0-9.+!*_-]+)""")
+_PIN = re.compile(r"""(?<![\w.-])([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[([^\]]*)\])?==([A-Za-z0-9.+!*_-]+)""")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -91,7 +92,9 @@ def parse_dockerfile(path: Path) -> Dockerfile:
             result.froms.append((number, expand(m.group(1))))
         elif line.upper().startswith("RUN ") and "pip" in line:
             for pm in _PIN.finditer(expand(line)):
-                result.pip_pins.append((number, pm.group(1), pm.group(2)))
+                result.pip_pins.append((number, pm.group(1), pm.group(3)))
+                extras = {e.strip() for e in (pm.group(2) or "").split(",") if e.strip()}
+                result.pip_extras.setdefault(canonicalize_name(pm.group(1)), set()).update(extras)
     return result
 
 

@@ -9,6 +9,8 @@ import re
 from pathlib import PurePosixPath
 from urllib.parse import urlparse
 
+from ..pins import dockerfiles, parse_dockerfile
+from ..violation import Violation
 from ..walk import containers, env_value, get, map_selects, mlflow_servers, pod_labels
 
 _K8S_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
@@ -62,8 +64,15 @@ def _servers(bundle):
 
 
 def mlflow_auth(bundle):
-    """MLflow runs with --app-name basic-auth, its security middleware on, and its admin
-    password and Flask secret key from Secrets."""
+    """MLflow runs with --app-name basic-auth, its security middleware on, its admin
+    password and Flask secret key from Secrets, and an image with the mlflow[auth] extra."""
+    if any(True for _ in _servers(bundle)):
+        for path in dockerfiles(bundle.root):
+            parsed = parse_dockerfile(path)
+            for line, package, _version in parsed.pip_pins:
+                if package.lower() == "mlflow" and "auth" not in parsed.pip_extras.get("mlflow", set()):
+                    yield Violation(bundle.rel(path), f"line {line} RUN", "installs mlflow without the "
+                                    "[auth] extra: basic-auth fails to start without Flask-WTF")
     for res, cpath, container, argv in _servers(bundle):
         index, app = _flags(argv).get("--app-name", (None, None))
         if app != "basic-auth":
