@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from raylg.infra import RULES, check, overlays
+from raylg.infra.kustomize import kubectl
 from raylg.infra.pins import parse_dockerfile
 from raylg.infra.rules import rule_name
 from raylg.infra.rules.schemas import kuberay_schema
@@ -62,7 +63,7 @@ def test_overlay_renders_and_passes_every_rule(overlay):
 def test_overlays_render_what_the_issue_asks_for():
     kinds = {}
     for overlay in OVERLAYS:
-        out = subprocess.run(["kubectl", "kustomize", str(ROOT / "infra" / "overlays" / overlay)],
+        out = subprocess.run([kubectl(), "kustomize", str(ROOT / "infra" / "overlays" / overlay)],
                              capture_output=True, text=True, check=True).stdout
         kinds[overlay] = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(out) if d}
     for overlay in ("single-gpu", "multi-node"):
@@ -310,6 +311,13 @@ def test_ray_version_is_read_from_pyproject(repo):
     violations = run_check(repo / "infra" / "overlays" / "single-gpu")
     find(violations, "ray-version-matches-pin", "infra/Dockerfile", "FROM")
     find(violations, "ray-version-matches-pin", RAYJOB, "rayVersion")
+
+
+@requires_kubectl
+def test_dockerfile_base_image_must_be_pinned(repo):
+    replace_text(repo, "infra/mlflow/Dockerfile", "FROM python:3.11.13-slim-bookworm", "FROM python")
+    violations = run_check(repo / "infra" / "overlays" / "single-gpu")
+    find(violations, "images-pinned", "infra/mlflow/Dockerfile", "FROM")
 
 
 @requires_kubectl

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -144,9 +145,7 @@ def kubernetes_schema(bundle):
     core = [r for r in bundle.objects if not str(r.obj.get("apiVersion", "")).startswith("ray.io/")]
     if not core:
         return
-    try:
-        import kubernetes_validate  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("kubernetes_validate") is None:
         yield Violation(
             "(environment)", "kubernetes-validate",
             "the kubernetes-validate package is not installed: core objects cannot be validated",
