@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save_file  # noqa: F401  (load_file: re-exported for readers)
 
 from raylg import config as config_lib
 

@@ -131,8 +131,6 @@ def load(weights: str | Path, *, fingerprint: dict[str, Any] | None = None, num_
     except Exception as e:
         raise TeacherError(f"teacher weights {str(weights)!r} are unreadable: {e}") from None
     model.load_state_dict(state, strict=True)
-    for p in model.parameters():
-        p.requires_grad_(False)
     return model, card
 
 
@@ -143,6 +141,8 @@ class OnlineTeacher:
     def __init__(self, model: torch.nn.Module, img_size: int, bn_mode: str = "train"):
         self.model, self.img_size, self.bn_mode = model, img_size, bn_mode
         self.model.train(bn_mode == "train")
+        for p in self.model.parameters():
+            p.requires_grad_(False)
 
     def to(self, device) -> "OnlineTeacher":
         self.model.to(device)
