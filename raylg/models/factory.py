@@ -1,10 +1,14 @@
 """Build students and teachers by name through timm's registry (never with weights).
 
 A student is any timm model whose class has a raylg family (raylg.models.families): plain
-ViTs (DeiT and raylg's patch-4 variants), ConViT, PiT and PVTv2. ``STUDENTS`` lists the
-ones raylg tests and has layer maps for. The family decides whether the builder takes
-``img_size`` (PVTv2 takes none: its padded conv embeddings fit any size) and whether the
-image size fits the patch grid.
+ViTs (DeiT and raylg's patch-4 variants), ConViT, PiT, PVTv2, and raylg's own T2T-ViT,
+PVT v1 and CCT. ``STUDENTS`` lists the ones raylg tests and has layer maps for. The family
+decides whether the builder takes ``img_size`` (PVTv2 takes none: its padded conv
+embeddings fit any size) and whether the image size fits the patch grid.
+
+``param_count(name)`` builds a student on the meta device (no memory, no init cost) and
+counts its parameters; ``PUBLISHED_PARAMS`` holds the papers' counts, measured at the
+``PUBLISHED_AT`` setting (224 px / 1000 classes, except CCT: 32 px / 10 classes).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import typing
 from typing import Any, Optional, Union
 
 import timm
+import torch
 from timm.models import is_model, list_models, model_entrypoint
 from torch import nn
 
@@ -29,12 +34,32 @@ STUDENTS: tuple[str, ...] = (
     "pit_ti_224",
     "pvt_v2_b0",
     "convit_tiny",
+    "t2t_vit_7",
+    "pvt_tiny",
+    # beyond the paper: a larger T2T-ViT, and CCT (the accuracy anchor at native 32 px)
+    "t2t_vit_14",
+    "cct_7_3x1_32",
     # CPU-sized students for presets, tests and CPU sweeps
     "deit_micro_patch4_32",
     "pvt_v2_micro",
 )
 TEACHERS: tuple[str, ...] = ("resnet56_cifar", "resnet20_cifar", "resnet18_cifar")
-_STUDENT_LIKE = ["deit_*", "vit_*", "pit_*", "pvt_v2_*", "convit_*"]  # spelling hints only
+_STUDENT_LIKE = ["deit_*", "vit_*", "pit_*", "pvt_v2_*", "convit_*", "t2t_vit_*", "pvt_tiny", "cct_*"]  # spelling hints only
+
+# Parameter counts (millions) as the papers publish them, and the (img_size, num_classes)
+# they are counted at. Ours (param_count): DeiT-Ti 5.72, PiT-Ti 4.85, PVTv2-b0 3.67,
+# ConViT-Ti 5.71, T2T-ViT-7 4.26, T2T-ViT-14 21.47, PVT-Tiny 13.23, CCT-7/3x1 3.760.
+PUBLISHED_PARAMS: dict[str, float] = {
+    "deit_tiny_patch16_224": 5.7,
+    "pit_ti_224": 4.9,
+    "pvt_v2_b0": 3.7,
+    "convit_tiny": 5.7,
+    "t2t_vit_7": 4.3,
+    "t2t_vit_14": 21.5,
+    "pvt_tiny": 13.2,
+    "cct_7_3x1_32": 3.76,
+}
+PUBLISHED_AT: dict[str, tuple[int, int]] = {name: (224, 1000) for name in PUBLISHED_PARAMS} | {"cct_7_3x1_32": (32, 10)}
 
 # kwargs raylg sets itself, and where the value comes from instead
 _RESERVED = {
@@ -125,3 +150,13 @@ def create_classifier(cfg: Union[ModelConfig, str], img_size: int, in_chans: int
     if is_teacher(cfg.name):
         return create_teacher(cfg.name, in_chans=in_chans, num_classes=num_classes, **cfg.kwargs)
     return create_student(cfg, img_size=img_size, in_chans=in_chans, num_classes=num_classes)
+
+
+def param_count(name: str, img_size: int = 224, num_classes: int = 1000, in_chans: int = 3) -> int:
+    """Parameters of the named student built for img_size / num_classes (on the meta device).
+
+    Compare with the paper at its own setting: ``param_count(name, *PUBLISHED_AT[name])``.
+    """
+    with torch.device("meta"):
+        model = create_student(name, img_size=img_size, in_chans=in_chans, num_classes=num_classes)
+    return sum(p.numel() for p in model.parameters())

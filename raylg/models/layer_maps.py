@@ -20,10 +20,12 @@ from .errors import ModelError
 LAYER_MAPS: dict[str, tuple[int, ...]] = {
     "deit_tiny_": (0, 6, 11),  # DeiT-Ti: 12 blocks, dim 192
     "t2t_vit_7": (0, 3, 6),  # T2T-ViT-7: 7 blocks, dim 256
+    "t2t_vit_14": (0, 7, 13),  # T2T-ViT-14: 14 blocks, dim 384
     "pit_ti_": (0, 6, 11),  # PiT-Ti: depths 2/6/4, dims 64/128/256
     "pvt_tiny": (0, 3, 7),  # PVT-Ti: depths 2/2/2/2, dims 64/128/320/512
     "pvt_v2_b0": (0, 3, 7),  # PVTv2-b0: depths 2/2/2/2, dims 32/64/160/256
     "convit_tiny": (0, 6, 11),  # ConViT-Ti: 12 blocks (10 GPSA), dim 192
+    "cct_7_": (0, 3, 6),  # CCT-7: 7 blocks, dim 256, all 16x16 at 32px (raylg's choice, as T2T-ViT-7)
     "deit_micro_patch4_32": (0, 2, 3),  # CPU student: 4 blocks, dim 64
     "pvt_v2_micro": (0, 1, 3),  # CPU student: depths 1/1/1/1, dims 32/48/64/96
 }

@@ -7,8 +7,12 @@
   walks step through stages and blocks explicitly, mirroring the model's own
   ``forward_features`` line by line, and collect flat block indices (PiT-Ti: 2+6+4 blocks,
   PVTv2-b0: 2+2+2+2). No forward hooks: they break under DDP, compile and checkpointing.
+- raylg's own students (T2T-ViT, PVT v1, CCT) number ``forward_intermediates`` by flat
+  block (PVT v1: 2+2+2+2), so they take timm's walk; their per-block ``feature_info``
+  gives widths and the total stride an image size must divide by.
 
-Each walk is checked against the model's own forward in tests/test_models.py.
+Each walk is checked against the model's own forward in tests/test_models.py (raylg's own
+students in tests/test_students_extra.py).
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .cct import CCT
 from .families import Family, register_family
+from .pvt_v1 import PyramidVisionTransformer
+from .t2t_vit import T2TViT
 
 Maps = list[torch.Tensor]
 
@@ -135,3 +142,23 @@ register_family(
     PyramidVisionTransformerV2,
     Family(name="pvt_v2", walk=_pvt_v2_walk, channels=_pvt_v2_channels, size_error=_any_size, takes_img_size=False),
 )
+
+
+# -- raylg's students (T2T-ViT, PVT v1, CCT): flat-block forward_intermediates, feature_info --
+
+
+def _info_channels(model: nn.Module) -> list[int]:
+    return [info["num_chs"] for info in model.feature_info]
+
+
+def _stride_error(model: nn.Module, img_size: int) -> Optional[str]:
+    stride = max(info["reduction"] for info in model.feature_info)
+    if img_size % stride:
+        return f"image size {img_size} is not divisible by the total stride {stride}"
+    return None
+
+
+_RAYLG_VIT = dict(walk=_timm_walk, channels=_info_channels, size_error=_stride_error)
+register_family(T2TViT, Family(name="t2t_vit", **_RAYLG_VIT))
+register_family(PyramidVisionTransformer, Family(name="pvt_v1", **_RAYLG_VIT))
+register_family(CCT, Family(name="cct", **_RAYLG_VIT))
