@@ -87,13 +87,14 @@ def run_isolated(args, model, img_size, lg) -> dict:
 
 
 def print_params() -> None:
-    from raylg.models import PUBLISHED_PARAMS, STUDENTS, param_count
+    from raylg.models import PUBLISHED_AT, PUBLISHED_PARAMS, STUDENTS, param_count
 
-    print(f"{'student':28s} {'params (224px, 1000 cls)':>26s} {'published':>10s}")
+    print(f"{'student':24s} {'counted at':>14s} {'params':>9s} {'published':>10s}")
     for name in STUDENTS:
-        n = param_count(name)
+        size, classes = PUBLISHED_AT.get(name, (224, 1000))
         pub = PUBLISHED_PARAMS.get(name)
-        print(f"{name:28s} {n / 1e6:25.2f}M {'' if pub is None else f'{pub:.2f}M':>10s}")
+        print(f"{name:24s} {f'{size}px/{classes} cls':>14s} {param_count(name, size, classes) / 1e6:8.2f}M "
+              f"{'' if pub is None else f'{pub:.2f}M':>10s}")
 
 
 def main(argv=None) -> None:

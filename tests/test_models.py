@@ -27,6 +27,10 @@ PAPER_STUDENTS = ["deit_tiny_patch16_224", "pit_ti_224", "pvt_v2_b0", "convit_ti
 
 # default-map feature shapes (C, h, w) per student at 32 and 224 px input
 SHAPES = {
+    ("t2t_vit_7", 32): [(256, 2, 2)] * 3,
+    ("t2t_vit_14", 32): [(384, 2, 2)] * 3,
+    ("pvt_tiny", 32): [(64, 8, 8), (128, 4, 4), (512, 1, 1)],
+    ("cct_7_3x1_32", 32): [(256, 16, 16)] * 3,
     ("deit_tiny_patch16_224", 32): [(192, 2, 2)] * 3,
     ("deit_tiny_patch16_224", 224): [(192, 14, 14)] * 3,
     ("deit_tiny_patch4_32", 32): [(192, 8, 8)] * 3,

@@ -7,17 +7,21 @@
     teacher.forward_stages(x32)  # [16x32x32, 32x16x16, 64x8x8]
 
 Importing this package registers raylg's own models (resnet*_cifar, deit_*_patch4_32,
-pvt_v2_micro) with timm, so ``timm.create_model`` builds them by name too.
+pvt_v2_micro, t2t_vit_7/14, pvt_tiny, cct_7_3x1_32) with timm, so ``timm.create_model`` builds them by name too.
 """
 
 from .errors import ModelError
-from .factory import STUDENTS, TEACHERS, create_classifier, create_student, create_teacher, is_teacher, student_family
+from .factory import (PUBLISHED_AT, PUBLISHED_PARAMS, STUDENTS, TEACHERS, create_classifier, create_student,
+                      create_teacher, is_teacher, param_count, student_family)
 from .features import block_channels, block_features, forward_with_blocks, num_blocks, resolve_blocks
 from .layer_maps import LAYER_MAPS, default_layer_map
 from .resnet_cifar import ResNetCifar
 
 __all__ = [
     "LAYER_MAPS",
+    "PUBLISHED_AT",
+    "PUBLISHED_PARAMS",
+    "param_count",
     "ModelError",
     "ResNetCifar",
     "STUDENTS",

@@ -1,0 +1,117 @@
+"""One trial as a Ray Train run: the plain `fit` loop plus Ray's prepare/report calls.
+
+`train_loop(config)` runs on every worker (or in-process with `workers: 0`). Rank 0 owns the
+run directory, the checkpoints and the MLflow child run; every rank reports each epoch so
+Ray Train (and Tune, through TuneReportCallback) sees it. A restarted worker group resumes
+from the latest reported checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import ray.train
+import ray.train.torch
+import ray.tune
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from raylg import config as config_lib
+from raylg.fit import Hooks, fit
+
+
+EPOCHS_DONE = "epochs_done"  # ASHA's time attribute: survives trial restarts, unlike an iteration counter
+
+
+class Session:
+    """Where a loop reports. Ray Train workers use ray.train; a loop that runs in-process
+    inside a Tune trial (ScalingConfig(num_workers=0)) must use ray.tune's equivalents,
+    because Ray 2.60 refuses ray.train.get_context/report/get_checkpoint in a Tune session."""
+
+    def __init__(self, via: str):
+        self.via = via
+        if via == "train":
+            ctx = ray.train.get_context()
+            self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        else:
+            self.rank, self.world_size = 0, 1
+
+    def get_checkpoint(self):
+        return ray.train.get_checkpoint() if self.via == "train" else ray.tune.get_checkpoint()
+
+    def checkpoint(self, directory: Path):
+        return (ray.train.Checkpoint if self.via == "train" else ray.tune.Checkpoint).from_directory(str(directory))
+
+    def report(self, metrics: dict[str, Any], checkpoint) -> None:
+        (ray.train.report if self.via == "train" else ray.tune.report)(metrics, checkpoint=checkpoint)
+
+
+class RayHooks(Hooks):
+    def __init__(self, session: Session, tracker=None, run_id: str | None = None):
+        self.session = session
+        self.rank, self.world_size = session.rank, session.world_size
+        self.tracker, self.run_id = tracker, run_id
+
+    def device(self, cfg) -> torch.device:
+        return ray.train.torch.get_device() if self.session.via == "train" else super().device(cfg)
+
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return ray.train.torch.prepare_model(model) if self.world_size > 1 else model
+
+    def wrap_loader(self, loader):
+        return ray.train.torch.prepare_data_loader(loader, move_to_device=False) if self.world_size > 1 else loader
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        if self.tracker is not None and self.rank == 0:  # log first: ASHA may end the trial inside report()
+            self.tracker.log_metrics(self.run_id, metrics, step=metrics["epoch"])
+        ckpt = self.session.checkpoint(checkpoint_dir) if checkpoint_dir else None
+        self.session.report({**metrics, EPOCHS_DONE: metrics["epoch"] + 1}, ckpt)
+
+
+def _threads(cpus: float) -> None:
+    n = max(1, int(cpus))
+    torch.set_num_threads(n)
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+
+
+def train_loop(config: dict[str, Any], hooks_cls: type[RayHooks] = RayHooks) -> None:
+    """Per-worker entry. config: {"cfg": flat run config, "run_dir", "cpus", "report_to": "train" | "tune",
+    "tracking": {"uri", "experiment_id", "parent_id", "trial_id", "tags"} | None}."""
+    _threads(config.get("cpus", 1))
+    session = Session(config.get("report_to", "train"))
+    cfg = config_lib.unflatten(config["cfg"])
+    tracker, run_id = None, None
+    tr = config.get("tracking")
+    if tr and session.rank == 0:
+        from raylg.tracking import Tracker
+
+        tracker = Tracker(tr["uri"])
+        run_id = tracker.child_run(tr["experiment_id"], tr["parent_id"], tr["trial_id"], tr["tags"], config["cfg"])
+        tracker.client.log_text(run_id, config_lib.dump(cfg), "config.yaml")
+    hooks = hooks_cls(session, tracker, run_id)
+    checkpoint = session.get_checkpoint()
+    if checkpoint is None:
+        fit(cfg, config["run_dir"], hooks=hooks)
+    else:
+        with checkpoint.as_directory() as d:
+            fit(cfg, config["run_dir"], hooks=hooks, resume_from=d)
+
+
+def make_trainer(loop_config: dict[str, Any], *, name: str, storage: str, workers: int, cpus_per_worker: float,
+                 gpus_per_worker: float, failures: int, callbacks: list | None = None,
+                 loop: Callable[[dict], None] = train_loop) -> TorchTrainer:
+    """A TorchTrainer for one trial. `name` is the trial id, so a restarted trial finds its own run."""
+    use_gpu = gpus_per_worker > 0
+    scaling = ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})})
+    run = RunConfig(name=name, storage_path=storage, callbacks=callbacks or [],
+                    failure_config=FailureConfig(max_failures=failures),
+                    checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val/top1",
+                                                       checkpoint_score_order="max"))  # best + the latest (always kept)
+    in_tune = loop_config.get("in_tune", False)
+    loop_config = {**loop_config, "cpus": cpus_per_worker, "report_to": "tune" if (in_tune and workers == 0) else "train"}
+    return TorchTrainer(loop, train_loop_config=loop_config, scaling_config=scaling,
+                        run_config=run, torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"))
