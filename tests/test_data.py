@@ -122,7 +122,8 @@ def test_digits_default_bundle():
 def test_item_dict_and_batch_shapes(size):
     b = build(cfg(img_size=size, per_class=2))
     item = b.train[0]
-    assert set(item) == {"image", "label", "index"}
+    assert set(item) == {"image", "label", "index", "crop", "flip"}  # crop box + flip: for feature replay
+    assert set(b.val[0]) == {"image", "label", "index"}
     assert item["image"].shape == (1, size, size) and item["image"].dtype == torch.float32
     assert isinstance(item["label"], int) and isinstance(item["index"], int)
     assert b.val[0]["image"].shape == (1, size, size)
