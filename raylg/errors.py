@@ -3,8 +3,9 @@
 from raylg.checkpoint import CheckpointError
 from raylg.config import ConfigError
 from raylg.data import DataError
+from raylg.features.errors import FeatureError
 from raylg.fit import ResumeError
 from raylg.models import ModelError
 from raylg.teacher import TeacherError
 
-USER_ERRORS = (ConfigError, DataError, ModelError, TeacherError, CheckpointError, ResumeError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, ModelError, TeacherError, CheckpointError, ResumeError, FeatureError, FileNotFoundError)

@@ -73,9 +73,12 @@ def setup(cfg) -> Setup:
     """Data and the task (student + guidance heads) on the CPU, teacher checked and loaded."""
     bundle = data.build(cfg.data)
     targets, card, channels = None, None, None
-    if cfg.guidance.locality.source == "shards":
-        raise config_lib.ConfigError("guidance.locality.source: 'shards' needs raylg.features (not built yet); use 'online'")
-    if cfg.teacher.path:
+    if cfg.guidance.locality.source == "shards":  # precomputed maps: no teacher is built or loaded
+        from raylg import features
+
+        targets, card = features.for_run(cfg, bundle)
+        channels = card["stage_channels"]
+    elif cfg.teacher.path:
         model, card = teacher_lib.load(cfg.teacher.path, fingerprint=bundle.fingerprint("train"), num_classes=bundle.num_classes)
         if card["img_size"] != cfg.teacher.img_size:
             raise teacher_lib.TeacherError(f"teacher.img_size is {cfg.teacher.img_size} but teacher {cfg.teacher.path!r} "
