@@ -13,11 +13,18 @@ pvt_v2_micro, t2t_vit_7/14, pvt_tiny, cct_7_3x1_32) with timm, so ``timm.create_
 from .errors import ModelError
 from .factory import (PUBLISHED_AT, PUBLISHED_PARAMS, STUDENTS, TEACHERS, create_classifier, create_student,
                       create_teacher, is_teacher, param_count, student_family)
-from .features import block_channels, block_features, forward_with_blocks, num_blocks, resolve_blocks
+from .features import (block_channels, block_features, forward_trunk, forward_with_blocks, has_token_grid, num_blocks,
+                       resolve_blocks, token_grid)
 from .layer_maps import LAYER_MAPS, default_layer_map
 from .resnet_cifar import ResNetCifar
+from .students import DISTILLED, distilled_variant
 
 __all__ = [
+    "DISTILLED",
+    "distilled_variant",
+    "forward_trunk",
+    "has_token_grid",
+    "token_grid",
     "LAYER_MAPS",
     "PUBLISHED_AT",
     "PUBLISHED_PARAMS",

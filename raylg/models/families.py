@@ -3,7 +3,8 @@
 A *family* is what raylg needs to know about a student architecture beyond timm's
 registry: whether its builder takes ``img_size``, whether an input size fits its patch
 grid, how many transformer blocks it has (counted flat over stages) and their widths, and
-how to run it while collecting chosen block outputs as ``B x C x h x w`` maps.
+how to run it while collecting chosen block outputs as ``B x C x h x w`` maps, and how to
+read the final token grid (after the final norm) out of its ``forward_features`` output.
 
 Families are looked up by the model's class (walking the MRO, so timm subclasses such as
 ``VisionTransformerDistilled`` share their parent's entry). A new student architecture
@@ -28,6 +29,10 @@ from .errors import ModelError
 #          its residual, before any (stage or final) norm, prefix tokens dropped
 Walk = Callable[[nn.Module, torch.Tensor, Sequence[int], bool], tuple[Optional[torch.Tensor], list[torch.Tensor]]]
 
+# tokens(model, forward_features output) -> B x C x h x w: the final patch tokens after the
+# final norm, prefix tokens dropped (what DRLoc samples from)
+Tokens = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
 
 @dataclass(frozen=True)
 class Family:
@@ -36,6 +41,7 @@ class Family:
     channels: Callable[[nn.Module], list[int]]  # width of every block, flat over stages
     size_error: Callable[[nn.Module, int], Optional[str]]  # why img_size does not fit, or None
     takes_img_size: bool = True  # whether the timm builder accepts img_size=
+    tokens: Optional[Tokens] = None  # None: forward_features keeps no patch-token grid (PiT)
 
 
 _FAMILIES: dict[type, Family] = {}

@@ -8,7 +8,9 @@ order asked, repeats included. Everything is differentiable and hook-free.
 
 Training needs logits and maps from one pass: use ``forward_with_blocks``, which runs the
 whole model once (every parameter used, as DDP expects). ``block_features`` alone stops
-after the last requested block where the family allows it.
+after the last requested block where the family allows it. ``forward_trunk`` returns the
+``forward_features`` output beside the maps, for callers that also read ``token_grid`` (the
+final patch tokens after the final norm) from the same pass.
 """
 
 from __future__ import annotations
@@ -63,7 +65,25 @@ def block_features(model: nn.Module, x: torch.Tensor, blocks: Sequence[int]) -> 
     return _walk(model, x, blocks, final=False)[1]
 
 
+def forward_trunk(model: nn.Module, x: torch.Tensor, blocks: Sequence[int] = ()):
+    """(forward_features output, block maps) from a single pass over the whole trunk."""
+    return _walk(model, x, blocks, final=True)
+
+
 def forward_with_blocks(model: nn.Module, x: torch.Tensor, blocks: Sequence[int]):
     """(model's own output, block maps) from a single pass; the output equals model(x)."""
-    feats, maps = _walk(model, x, blocks, final=True)
+    feats, maps = forward_trunk(model, x, blocks)
     return model.forward_head(feats), maps
+
+
+def has_token_grid(model: nn.Module) -> bool:
+    """Whether the student's forward_features output holds its final patch-token grid."""
+    return family_of(model).tokens is not None
+
+
+def token_grid(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    """The final patch tokens after the final norm, B x C x h x w, from forward_features' output."""
+    tokens = family_of(model).tokens
+    if tokens is None:
+        raise ModelError(f"{model_name(model)}: its forward_features keeps no patch-token grid (class tokens only)")
+    return tokens(model, feats)

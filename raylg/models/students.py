@@ -6,6 +6,11 @@
 - ``pvt_v2_micro``: a PVTv2 with one block per stage (dims 32/48/64/96, ~0.34M parameters
   beside deit_micro's 0.2M), the hierarchical counterpart, so a CPU sweep can search over
   architecture.
+- ``deit_tiny_distilled_patch4_32``, ``deit_micro_distilled_patch4_32``: the same with DeiT's
+  distillation token and head (timm's ``VisionTransformerDistilled``).
+
+``DISTILLED`` maps a student to its distilled variant (timm's DeiT and PiT ones and the above):
+what raylg builds when the distillation-token term is on.
 
 All are built with ``timm.create_model(name, pretrained=False, ...)`` like any timm model;
 keyword arguments (depth, embed_dim, ...) override the defaults below. No weights exist.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.deit import VisionTransformerDistilled
 from timm.models.pvt_v2 import PyramidVisionTransformerV2
 from timm.models.vision_transformer import VisionTransformer
 
@@ -33,8 +39,35 @@ def _cfg(input_size=(3, 32, 32), **kwargs):
 default_cfgs = generate_default_cfgs({
     "deit_tiny_patch4_32": _cfg(fixed_input_size=True),
     "deit_micro_patch4_32": _cfg(fixed_input_size=True),
+    "deit_tiny_distilled_patch4_32": _cfg(fixed_input_size=True, classifier=("head", "head_dist")),
+    "deit_micro_distilled_patch4_32": _cfg(fixed_input_size=True, classifier=("head", "head_dist")),
     "pvt_v2_micro": _cfg(),
 })
+
+# student -> the same architecture with a distillation token and head
+DISTILLED: dict[str, str] = {
+    "deit_tiny_patch16_224": "deit_tiny_distilled_patch16_224",
+    "deit_small_patch16_224": "deit_small_distilled_patch16_224",
+    "deit_base_patch16_224": "deit_base_distilled_patch16_224",
+    "deit_base_patch16_384": "deit_base_distilled_patch16_384",
+    "deit_tiny_patch4_32": "deit_tiny_distilled_patch4_32",
+    "deit_micro_patch4_32": "deit_micro_distilled_patch4_32",
+    "pit_ti_224": "pit_ti_distilled_224",
+    "pit_xs_224": "pit_xs_distilled_224",
+    "pit_s_224": "pit_s_distilled_224",
+    "pit_b_224": "pit_b_distilled_224",
+}
+
+
+def distilled_variant(name: str) -> str:
+    """The student with a distillation token that shares name's architecture (name itself if it
+    has one); ModelError naming the student when there is none (PVT, T2T-ViT, CCT, ConViT...)."""
+    if name in DISTILLED.values():
+        return name
+    if name not in DISTILLED:
+        raise ModelError(f"student {name!r} cannot carry a distillation token (no distilled variant); "
+                         f"students that can: {', '.join(DISTILLED)}")
+    return DISTILLED[name]
 
 
 def _build(cls, variant: str, pretrained: bool, defaults: dict, kwargs: dict):
@@ -55,6 +88,20 @@ def deit_micro_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransforme
     """A CPU-sized DeiT at 32x32 input: patch 4, dim 64, 4 blocks, 2 heads."""
     defaults = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2)
     return _build(VisionTransformer, "deit_micro_patch4_32", pretrained, defaults, kwargs)
+
+
+@register_model
+def deit_tiny_distilled_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformerDistilled:
+    """deit_tiny_patch4_32 with DeiT's distillation token and head."""
+    defaults = dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3)
+    return _build(VisionTransformerDistilled, "deit_tiny_distilled_patch4_32", pretrained, defaults, kwargs)
+
+
+@register_model
+def deit_micro_distilled_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformerDistilled:
+    """deit_micro_patch4_32 with DeiT's distillation token and head."""
+    defaults = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2)
+    return _build(VisionTransformerDistilled, "deit_micro_distilled_patch4_32", pretrained, defaults, kwargs)
 
 
 @register_model

@@ -13,6 +13,10 @@
 
 Each walk is checked against the model's own forward in tests/test_models.py (raylg's own
 students in tests/test_students_extra.py).
+
+Each family also says how to read the final token grid (patch tokens after the final norm,
+B x C x h x w) out of ``forward_features``' output, for terms such as DRLoc. PiT has none:
+its ``forward_features`` keeps the class (and distillation) tokens only.
 """
 
 from __future__ import annotations
@@ -33,6 +37,20 @@ from .pvt_v1 import PyramidVisionTransformer
 from .t2t_vit import T2TViT
 
 Maps = list[torch.Tensor]
+
+
+def _square_grid(tokens: torch.Tensor) -> torch.Tensor:
+    """B x N x C patch tokens of a square image -> B x C x s x s."""
+    B, N, C = tokens.shape
+    s = int(round(N ** 0.5))
+    if s * s != N:
+        raise ValueError(f"{N} patch tokens do not form a square grid")
+    return tokens.transpose(1, 2).reshape(B, C, s, s)
+
+
+def _prefixed_tokens(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    """B x (prefix + N) x C after the final norm (ViT, DeiT distilled, ConViT, T2T-ViT, CCT)."""
+    return _square_grid(feats[:, getattr(model, "num_prefix_tokens", 0):])
 
 
 def _patch_grid_error(model: nn.Module, img_size: int) -> Optional[str]:
@@ -58,7 +76,7 @@ def _vit_channels(model: nn.Module) -> list[int]:
     return [model.embed_dim] * len(model.blocks)
 
 
-_PLAIN_VIT = dict(walk=_timm_walk, channels=_vit_channels, size_error=_patch_grid_error)
+_PLAIN_VIT = dict(walk=_timm_walk, channels=_vit_channels, size_error=_patch_grid_error, tokens=_prefixed_tokens)
 register_family(VisionTransformer, Family(name="vit", **_PLAIN_VIT))
 register_family(ConVit, Family(name="convit", **_PLAIN_VIT))
 
@@ -134,13 +152,18 @@ def _pvt_v2_channels(model: PyramidVisionTransformerV2) -> list[int]:
     return [stage.norm.normalized_shape[0] for stage in model.stages for _ in stage.blocks]
 
 
+def _map_tokens(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    return feats  # PVTv2: the last stage's normed map, already B x C x h x w
+
+
 def _any_size(model: nn.Module, img_size: int) -> Optional[str]:
     return None  # overlapping, padded conv embeddings take any input size
 
 
 register_family(
     PyramidVisionTransformerV2,
-    Family(name="pvt_v2", walk=_pvt_v2_walk, channels=_pvt_v2_channels, size_error=_any_size, takes_img_size=False),
+    Family(name="pvt_v2", walk=_pvt_v2_walk, channels=_pvt_v2_channels, size_error=_any_size, takes_img_size=False,
+           tokens=_map_tokens),
 )
 
 
@@ -158,7 +181,11 @@ def _stride_error(model: nn.Module, img_size: int) -> Optional[str]:
     return None
 
 
+def _pvt_v1_tokens(model: PyramidVisionTransformer, feats: torch.Tensor) -> torch.Tensor:
+    return _square_grid(feats[:, model.stages[-1].num_prefix_tokens:])  # the class token joins in the last stage
+
+
 _RAYLG_VIT = dict(walk=_timm_walk, channels=_info_channels, size_error=_stride_error)
-register_family(T2TViT, Family(name="t2t_vit", **_RAYLG_VIT))
-register_family(PyramidVisionTransformer, Family(name="pvt_v1", **_RAYLG_VIT))
-register_family(CCT, Family(name="cct", **_RAYLG_VIT))
+register_family(T2TViT, Family(name="t2t_vit", tokens=_prefixed_tokens, **_RAYLG_VIT))
+register_family(PyramidVisionTransformer, Family(name="pvt_v1", tokens=_pvt_v1_tokens, **_RAYLG_VIT))
+register_family(CCT, Family(name="cct", tokens=_prefixed_tokens, **_RAYLG_VIT))
