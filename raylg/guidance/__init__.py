@@ -1,8 +1,17 @@
 """Guidance terms: each is an nn.Module owned by the task, called with the step's Context,
 returning (weighted loss, stats). The engine sums the losses it is given and never learns
-which terms are on."""
+which terms are on.
+
+    lg      LocalityGuidance            student block maps imitate the CNN teacher's stage maps
+    drloc   DenseRelativeLocalization   predict token-pair offsets on the final token grid
+    dist    DistillationToken           DeiT's distillation head on the teacher's hard labels
+    kd      LogitDistillation           KL to the teacher's softened logits
+"""
 
 from raylg.guidance.base import Context, TeacherOut
+from raylg.guidance.distill import DistillationToken, LogitDistillation, teacher_logit_classes
+from raylg.guidance.drloc import DenseRelativeLocalization
 from raylg.guidance.locality import LocalityGuidance
 
-__all__ = ["Context", "TeacherOut", "LocalityGuidance"]
+__all__ = ["Context", "TeacherOut", "LocalityGuidance", "DenseRelativeLocalization", "DistillationToken",
+           "LogitDistillation", "teacher_logit_classes"]
