@@ -88,8 +88,31 @@ class LocalityConfig:
 
 
 @dataclass
+class DrlocConfig:
+    weight: float = 0.0  # lambda of the DRLoc term; 0 = off (no head built); 0.1-0.5 in the paper
+    m: int = 64  # token pairs sampled per image from the final token grid
+
+
+@dataclass
+class DistillTokenConfig:
+    weight: float = 0.0  # CE of DeiT's distillation head vs the teacher's hard labels; 0 = off (plain student)
+
+
+@dataclass
+class KdConfig:
+    weight: float = 0.0  # tau^2 * KL to the teacher's softened logits; 0 = off
+    tau: float = 4.0  # temperature
+
+
+@dataclass
 class GuidanceConfig:
+    """Loss terms beside CE. LG is built whenever there is a teacher (beta 0 = computed, weighted
+    by 0); each other term is on iff its weight > 0, so a sweep switches it through the weight."""
+
     locality: LocalityConfig = field(default_factory=LocalityConfig)
+    drloc: DrlocConfig = field(default_factory=DrlocConfig)
+    distill_token: DistillTokenConfig = field(default_factory=DistillTokenConfig)
+    kd: KdConfig = field(default_factory=KdConfig)
 
 
 @dataclass
@@ -385,3 +408,18 @@ def validate(cfg: Config) -> None:
         _check(bool(g.shards), "guidance.locality.shards", g.shards, "a manifest path or s3:// URI when source is shards")
     _check(r.max_train_batches >= 0, "run.max_train_batches", r.max_train_batches, ">= 0")
     _check(bool(r.name) and "/" not in r.name, "run.name", r.name, "a non-empty name without '/'")
+    _validate_terms(cfg)
+
+
+def _validate_terms(cfg: Config) -> None:
+    gd = cfg.guidance
+    for key, w in (("drloc", gd.drloc.weight), ("distill_token", gd.distill_token.weight), ("kd", gd.kd.weight)):
+        _check(math.isfinite(w) and w >= 0, f"guidance.{key}.weight", w, ">= 0 and finite; 0 = off")
+    _check(gd.drloc.m >= 1, "guidance.drloc.m", gd.drloc.m, ">= 1 token pairs per image")
+    _check(math.isfinite(gd.kd.tau) and gd.kd.tau > 0, "guidance.kd.tau", gd.kd.tau, "> 0 and finite")
+    # a missing teacher is caught when the task is built (raylg.task.build_task), not here: a sweep's
+    # base config gets teacher.path only once the sweep has trained or found its teacher
+    for key, w in (("distill_token", gd.distill_token.weight), ("kd", gd.kd.weight)):
+        if w > 0 and gd.locality.source == "shards":
+            raise ConfigError(f"guidance.{key}.weight is {w} but guidance.locality.source is 'shards': feature "
+                              f"shards hold the teacher's stage maps, not its logits; use source 'online'")

@@ -2,20 +2,28 @@
 
 `Task` is what the optimizer sees, what DDP wraps and what a checkpoint holds; the frozen
 teacher (or the feature shards standing in for it) sits outside. forward(batch) returns the
-dict of named loss terms the engine sums; predict(x) is the student alone.
+dict of named loss terms the engine sums ("ce" plus one per guidance term: "lg", "drloc",
+"dist", "kd"); predict(x) is the student alone (a distilled student's two heads averaged).
+
+The student runs once per step: the task asks that pass for the union of what its terms
+need (block maps, the final token grid, the distillation head's logits).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raylg.guidance.base import Context, TeacherOut
-from raylg.guidance.locality import LocalityGuidance
-from raylg.models import ModelError, block_channels, create_classifier, default_layer_map, forward_with_blocks, resolve_blocks as check_blocks
+from raylg.config import ConfigError
+from raylg.guidance import (Context, DenseRelativeLocalization, DistillationToken, LocalityGuidance, LogitDistillation,
+                            TeacherOut, teacher_logit_classes)
+from raylg.models import (ModelError, block_channels, create_classifier, default_layer_map, distilled_variant, forward_trunk,
+                          has_token_grid, resolve_blocks as check_blocks, token_grid)
+from raylg.models.families import model_name
 
 TargetFn = Callable[[dict], TeacherOut]
 
@@ -26,18 +34,24 @@ class Task(nn.Module):
         self.student = student
         self.terms = nn.ModuleDict(terms or {})
         self.blocks = sorted({b for t in self.terms.values() for b in getattr(t, "student_blocks", [])})
+        self.needs_tokens = any(getattr(t, "needs_tokens", False) for t in self.terms.values())
         # a plain attribute (not a submodule): the teacher is never trained, saved or DDP-wrapped
         self.__dict__["targets"] = targets
 
+    def _student_pass(self, x: torch.Tensor):
+        """(student output, block maps, token grid) from one pass; plain forward when no term needs more."""
+        if not self.blocks and not self.needs_tokens:
+            return self.student(x), {}, None
+        feats, maps = forward_trunk(self.student, x, self.blocks)
+        tokens = token_grid(self.student, feats) if self.needs_tokens else None
+        return self.student.forward_head(feats), dict(zip(self.blocks, maps)), tokens
+
     def forward(self, batch: dict) -> dict:
         x, y = batch["image"], batch["label"]
-        if self.blocks:
-            logits, feats = forward_with_blocks(self.student, x, self.blocks)
-            features = dict(zip(self.blocks, feats))
-        else:
-            logits, features = self.student(x), {}
+        out, features, tokens = self._student_pass(x)
+        logits, dist_logits = out if isinstance(out, tuple) else (out, None)  # a distilled student: (class, dist)
         teacher = self.targets(batch) if (self.targets is not None and len(self.terms)) else None
-        ctx = Context(batch=batch, logits=logits, features=features, teacher=teacher)
+        ctx = Context(batch=batch, logits=logits, features=features, teacher=teacher, tokens=tokens, dist_logits=dist_logits)
         losses = {"ce": F.cross_entropy(logits, y)}
         stats: dict[str, torch.Tensor] = {}
         for name, term in self.terms.items():
@@ -46,7 +60,11 @@ class Task(nn.Module):
         return {"losses": losses, "stats": stats}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.student(x)
+        """The student's logits; a distilled student's class and distillation heads averaged (DeiT)."""
+        out = self.student(x)
+        if isinstance(out, tuple):  # a distilled student in training mode returns both heads
+            out = (out[0] + out[1]) / 2
+        return out
 
 
 def param_groups(task: nn.Module, weight_decay: float) -> list[dict]:
@@ -87,10 +105,61 @@ def resolve_blocks(cfg, student: nn.Module) -> list[int]:
         raise ModelError(f"guidance.locality.student_blocks {blocks}: {e}") from None
 
 
+def _check_teacher_logits(key: str, targets, num_classes: int) -> None:
+    """Terms that learn from the teacher's logits need targets that return them, with the run's classes."""
+    if targets is None:
+        raise ConfigError(f"{key} > 0 needs the teacher's logits, but no teacher is loaded; set teacher.path")
+    have = teacher_logit_classes(targets)
+    if have == 0:
+        raise ModelError(f"{key} > 0 needs the teacher's logits, but the teacher ({type(targets).__name__}) has no "
+                         f"classifier head (feature shards carry stage maps only; use an online teacher)")
+    if have != num_classes:
+        raise ModelError(f"{key} > 0: the teacher's classifier has {have} classes but the run has {num_classes}")
+
+
+def _token_grid_size(student: nn.Module, in_chans: int, img_size: int) -> tuple[int, int]:
+    """(h, w) of the final token grid, from one image under no_grad (no RNG, no state change)."""
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.no_grad():
+            feats, _ = forward_trunk(student, torch.zeros(1, in_chans, img_size, img_size))
+            h, w = token_grid(student, feats).shape[-2:]
+    finally:
+        student.train(was_training)
+    return int(h), int(w)
+
+
+def _drloc(cfg, student: nn.Module, in_chans: int) -> DenseRelativeLocalization:
+    name = model_name(student)
+    if not has_token_grid(student):
+        raise ModelError(f"guidance.drloc: student {name!r} keeps no final patch-token grid (its features are the "
+                         f"class tokens alone), so DRLoc cannot sample token pairs; use a ViT, DeiT, T2T-ViT, PVT or CCT")
+    h, w = _token_grid_size(student, in_chans, cfg.data.img_size)
+    if h * w < 2:
+        raise ModelError(f"guidance.drloc: student {name!r} at {cfg.data.img_size}px has a {h}x{w} final token grid; "
+                         f"DRLoc needs at least two tokens to predict offsets between")
+    return DenseRelativeLocalization(block_channels(student, [-1])[0], cfg.guidance.drloc.weight, m=cfg.guidance.drloc.m)
+
+
 def build_task(cfg, *, in_chans: int, num_classes: int, teacher_channels: list[int] | None = None,
                targets: TargetFn | None = None) -> Task:
-    """Student first (so its init depends on the seed alone), then guidance heads."""
-    student = create_classifier(cfg.model, img_size=cfg.data.img_size, in_chans=in_chans, num_classes=num_classes)
+    """Student first (so its init depends on the seed alone), then guidance heads. Terms that are
+    off (weight 0) are not built and draw no random numbers; LG is built whenever there is a teacher.
+    Every incompatibility (term vs student, term vs teacher) is an error here, before training."""
+    gd = cfg.guidance
+    model_cfg = cfg.model
+    if gd.distill_token.weight > 0:  # DeiT: the student carries a distillation token and head
+        _check_teacher_logits("guidance.distill_token.weight", targets, num_classes)
+        try:
+            model_cfg = dataclasses.replace(cfg.model, name=distilled_variant(cfg.model.name))
+        except ModelError as e:
+            raise ModelError(f"guidance.distill_token: {e}") from None
+    if gd.kd.weight > 0:
+        _check_teacher_logits("guidance.kd.weight", targets, num_classes)
+    student = create_classifier(model_cfg, img_size=cfg.data.img_size, in_chans=in_chans, num_classes=num_classes)
+    if gd.distill_token.weight > 0:
+        student.set_distilled_training(True)
     terms: dict[str, nn.Module] = {}
     if teacher_channels is not None:
         g = cfg.guidance.locality
@@ -100,4 +169,10 @@ def build_task(cfg, *, in_chans: int, num_classes: int, teacher_channels: list[i
             raise ModelError(f"guidance.locality.teacher_stages: {bad} out of range; the teacher has {len(teacher_channels)} stages")
         terms["lg"] = LocalityGuidance(blocks, block_channels(student, blocks), list(g.teacher_stages),
                                        [teacher_channels[s] for s in g.teacher_stages], beta=g.beta)
+    if gd.drloc.weight > 0:
+        terms["drloc"] = _drloc(cfg, student, in_chans)
+    if gd.distill_token.weight > 0:
+        terms["dist"] = DistillationToken(gd.distill_token.weight)
+    if gd.kd.weight > 0:
+        terms["kd"] = LogitDistillation(gd.kd.weight, gd.kd.tau)
     return Task(student, terms, targets)
