@@ -184,7 +184,8 @@ def fit(cfg, run_dir: str | Path, *, hooks: Hooks | None = None, resume_from: st
         if bar is not None:
             bar.close()
         val_m = engine.evaluate(model, val_loader, device=device, precision=cfg.run.precision)
-        row = {"epoch": epoch, "step": step, **train_m, **val_m, "epoch_time_s": time.perf_counter() - t0}
+        row = {"epoch": epoch, "step": step, **train_m, **val_m, "epoch_time_s": time.perf_counter() - t0,
+               "world_size": hooks.world_size}
         is_best = row["val/top1"] > best["val/top1"]
         if is_best:
             best = {"val/top1": row["val/top1"], "val/top5": row["val/top5"], "epoch": epoch}

@@ -90,9 +90,32 @@ def check_resources(sweep: Sweep) -> None:
         raise SweepError(f"each trial asks for {r.workers} workers x {r.gpus_per_worker} GPUs = {gpus_needed:g} GPUs "
                          f"but the Ray cluster has {have.get('GPU', 0):g} GPUs (and {have.get('CPU', 0):g} CPUs); "
                          f"lower resources.workers / gpus_per_worker or add GPU nodes")
-    cpus_needed = max(1, r.workers) * r.cpus_per_worker
+    cpus_needed = r.workers * r.cpus_per_worker + trial_cpus(sweep)
     if cpus_needed > have.get("CPU", 0):
         raise SweepError(f"each trial asks for {cpus_needed:g} CPUs but the Ray cluster has {have.get('CPU', 0):g}")
+
+
+DRIVER_CPU = 0.01  # a trial that only drives its Train run (its workers hold the real resources)
+
+
+def trial_cpus(sweep: Sweep) -> float:
+    """CPUs of the Tune trial itself: the loop's when it runs in-process, a token otherwise."""
+    r = sweep.spec.resources
+    return r.cpus_per_worker if r.workers == 0 else DRIVER_CPU
+
+
+def concurrency(sweep: Sweep) -> int:
+    """max_concurrent, lowered on a local Ray to what its CPUs/GPUs can run at once (a remote
+    cluster may autoscale, so there the spec's number stands and trials queue for nodes)."""
+    n = sweep.spec.max_concurrent
+    if os.environ.get("RAY_ADDRESS"):
+        return n
+    r, have = sweep.spec.resources, ray.cluster_resources()
+    per_trial = r.workers * r.cpus_per_worker + trial_cpus(sweep)
+    n = min(n, int(have.get("CPU", 0) // per_trial) or 1)
+    if r.gpus_per_worker:
+        n = min(n, int(have.get("GPU", 0) // (r.workers * r.gpus_per_worker)) or 1)
+    return n
 
 
 # ---------------------------------------------------------------------------------------
@@ -184,7 +207,7 @@ def _git_commit() -> str:
 
 def _tuner(sweep: Sweep, paths: Paths, trainable, resume: bool) -> tune.Tuner:
     r = sweep.spec.resources
-    trainable = tune.with_resources(trainable, {"cpu": r.cpus_per_worker if r.workers == 0 else 0.01})
+    trainable = tune.with_resources(trainable, {"cpu": trial_cpus(sweep)})
     path = f"{paths.storage}/{sweep.spec.name}"
     if resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -194,7 +217,7 @@ def _tuner(sweep: Sweep, paths: Paths, trainable, resume: bool) -> tune.Tuner:
         trainable,
         param_space=param_space(sweep),
         tune_config=tune.TuneConfig(metric=sweep.spec.metric, mode=sweep.mode, scheduler=asha,
-                                    num_samples=sweep.spec.num_samples, max_concurrent_trials=sweep.spec.max_concurrent),
+                                    num_samples=sweep.spec.num_samples, max_concurrent_trials=concurrency(sweep)),
         # in-process trials checkpoint through Tune: keep the best and (always) the latest
         run_config=tune.RunConfig(name=sweep.spec.name, storage_path=paths.storage, verbose=0,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=sweep.spec.metric,
@@ -215,9 +238,9 @@ def run(sweep: Sweep, *, log=print) -> list[dict[str, Any]]:
     paths.local.mkdir(parents=True, exist_ok=True)
     uri = sweep.spec.mlflow_uri or default_uri(paths.local)
     check_reachable(uri)
-    teacher_path = resolve_teacher(sweep, paths, log)
     _init_ray(uri)
     check_resources(sweep)
+    teacher_path = resolve_teacher(sweep, paths, log)
     (paths.local / SWEEP_FILE).write_text(json.dumps(identity(sweep), indent=2, default=str))
 
     tracker = Tracker(uri)
@@ -242,10 +265,9 @@ def _init_ray(mlflow_uri: str) -> None:
     env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
            if k in os.environ}  # never credentials: nodes get those from their own environment or role
     env["MLFLOW_TRACKING_URI"] = mlflow_uri
-    address = os.environ.get("RAY_ADDRESS")
-    kwargs = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
-    if not address:
-        kwargs["include_dashboard"] = False
-    ray.init(address=address, **kwargs)
+    # a trial whose workers wait for nodes (autoscaling, other trials) waits instead of failing
+    env.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900"))
+    # the dashboard stays on: Ray Train's placement-group cleanup queries the state API through it
+    ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env})
 
 
