@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
         overrides = config_lib.parse_set(args.overrides)
         overrides.update(extra)
-        s = spec.load(args.config, overrides)
-        preflight(s.base)
+        s = spec.load(args.config, overrides, check=preflight)
         rows = sweep.run(s)
     except USER_ERRORS + (sweep.SweepError, TrackingError) as e:
         cli.fail(e)

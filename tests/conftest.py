@@ -76,3 +76,89 @@ def s3_env(s3_server, monkeypatch):
     for key in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
         monkeypatch.delenv(key, raising=False)
     return s3_server
+
+
+# --- one Ray cluster for the whole test session ------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RayHead:
+    """A `ray start --head` cluster with token auth, in its own temp dir and ports. Its
+    processes are found and stopped by PID: every one of them inherits this head's unique
+    token in its environment (never `ray stop`, which would end other users' clusters)."""
+
+    def __init__(self, root: Path):
+        import secrets
+        import subprocess
+
+        self.token = secrets.token_hex(16)
+        self.temp = Path(__import__("tempfile").mkdtemp(prefix="rlg", dir="/tmp"))  # short: unix socket paths
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self.env = {**__import__("os").environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
+                    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600", "RAY_USAGE_STATS_ENABLED": "0"}
+        subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
+                        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+                        "--ray-client-server-port", str(free_port()), "--num-cpus", "4", "--num-gpus", "0",
+                        "--temp-dir", str(self.temp), "--disable-usage-stats"],
+                       env=self.env, check=True, capture_output=True, timeout=180)
+
+    def pids(self) -> list[int]:
+        import os
+
+        mine = f"RAY_AUTH_TOKEN={self.token}".encode()
+        out = []
+        for d in os.listdir("/proc"):
+            if d.isdigit() and int(d) != os.getpid():
+                try:
+                    if mine in Path(f"/proc/{d}/environ").read_bytes().split(b"\0"):
+                        out.append(int(d))
+                except OSError:
+                    pass
+        return out
+
+    def stop(self) -> None:
+        import os
+        import signal
+        import time
+
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = self.pids()
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.time() + 10
+            while self.pids() and time.time() < deadline:
+                time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    import os
+
+    head = RayHead(tmp_path_factory.mktemp("ray"))
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": head.token, "RAY_ADDRESS": head.address})
+    try:
+        yield head
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        head.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

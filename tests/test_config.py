@@ -1,7 +1,6 @@
 import math
 
 import pytest
-import yaml
 
 from raylg import config as C
 from raylg import schedule

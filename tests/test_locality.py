@@ -12,7 +12,7 @@ from raylg.fit import fit, setup
 from raylg.guidance import Context, LocalityGuidance, TeacherOut
 from raylg.guidance.locality import pair_mse
 from raylg.models import ModelError, create_teacher
-from raylg.task import Task, build_task
+from raylg.task import build_task
 
 
 def lg_task(beta=2.5, blocks=(0, 2, 3), model="deit_micro_patch4_32"):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable
 
 from raylg import config as config_lib
 from raylg.config import ConfigError
@@ -106,20 +106,23 @@ def _values_to_check(key: str, dist: str, arg: Any) -> list[Any]:
     return [low, high - 1 if dist == "randint" else high]
 
 
-def check_space(space: dict[str, Any], base) -> None:
-    """Every key must be a field of the run config and every value (or bound) valid for it."""
+def check_space(space: dict[str, Any], base, check: Callable | None = None) -> None:
+    """Every key must be a field of the run config and every value (or bound) valid for it;
+    `check(cfg)` (e.g. raylg.preflight.preflight: model and dataset names) runs on each."""
     for key, entry in space.items():
         if not isinstance(entry, dict) or len(entry) != 1 or next(iter(entry)) not in DISTRIBUTIONS:
             raise ConfigError(f"space.{key}: expected one of {{{', '.join(d + ': ...' for d in DISTRIBUTIONS)}}}, got {entry!r}")
         (dist, arg), = entry.items()
         for value in _values_to_check(key, dist, arg):
             try:
-                config_lib.apply_overrides(base, {key: value})
-            except ConfigError as e:
+                cfg = config_lib.apply_overrides(base, {key: value})
+                if check is not None:
+                    check(cfg)
+            except ValueError as e:  # ConfigError, ModelError, ...
                 raise ConfigError(f"space.{key} ({dist} value {value!r}): {e}") from None
 
 
-def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Sweep:
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None, check: Callable | None = None) -> Sweep:
     """Read a sweep file (or the defaults), apply dotted overrides to the sweep spec, check everything."""
     source = Path(path).resolve() if path else None
     data = config_lib.read_yaml(source) if source else {}
@@ -144,7 +147,9 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         base = config_lib.load(base_path, spec.set)
     except ConfigError as e:
         raise ConfigError(f"base {str(base_path)!r} with set {spec.set}: {e}") from None
-    check_space(spec.space, base)
+    if check is not None:
+        check(base)
+    check_space(spec.space, base, check)
     sweep = Sweep(spec, base, source)
     if not 1 <= sweep.grace_period <= sweep.max_t:
         raise ConfigError(f"asha.grace_period: {sweep.grace_period} must be in [1, max_t={sweep.max_t}]")

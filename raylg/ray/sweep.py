@@ -21,7 +21,6 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from raylg import config as config_lib, teacher as teacher_lib
-from raylg.config import ConfigError
 from raylg.ray.spec import Sweep, relative
 from raylg.ray.trainer import EPOCHS_DONE, make_trainer
 from raylg.tracking import Tracker, check_reachable, default_uri
@@ -206,7 +205,6 @@ def _git_commit() -> str:
 
 
 def _tuner(sweep: Sweep, paths: Paths, trainable, resume: bool) -> tune.Tuner:
-    r = sweep.spec.resources
     trainable = tune.with_resources(trainable, {"cpu": trial_cpus(sweep)})
     path = f"{paths.storage}/{sweep.spec.name}"
     if resume and tune.Tuner.can_restore(path):
