@@ -130,6 +130,12 @@ def test_s3_round_trip_matches_local(teacher, bundle, published, s3_env, tmp_pat
         assert torch.equal(s3.gather(idx, s), local.gather(idx, s))
     again = FeatureStore.open(uri)  # a second trial on the node: served from the cache
     assert again.paths == s3.paths
+    cached = s3.paths[0]
+    cached.write_bytes(cached.read_bytes()[:-10])  # a damaged cache copy is dropped and fetched again
+    healed = FeatureStore.open(uri)
+    assert torch.equal(healed.gather(idx, 2), local.gather(idx, 2))
+    with pytest.raises(FeatureError, match=r"give the directory or s3:// prefix"):
+        precompute(teacher, bundle, f"{uri}/manifest.json", progress=False)
 
 
 # --- crop / flip replay -------------------------------------------------------------------------

@@ -9,7 +9,8 @@ its own. Processes then memory-map the same file, so the node's page cache holds
 once however many trials and workers read them.
 
 Whatever the source, `verify` hashes the local file before it is opened (a cached file is
-named by its hash, but a disk can still flip a byte; the cost is one sequential read).
+named by its hash, but a disk can still flip a byte; the cost is one sequential read). A
+cached copy that fails is deleted and fetched again; the source failing is an error.
 """
 
 from __future__ import annotations
@@ -82,8 +83,11 @@ def local_shard(base: str, shard: dict, manifest_uri: str) -> Path:
     dest = root / f"{shard['sha256']}.arrow"
     with _locked(root / f"{shard['sha256']}.lock"):
         if dest.is_file():
-            verify(dest, shard, f"{where}, cached as {dest}")
-            return dest
+            try:
+                verify(dest, shard, f"{where}, cached as {dest}")
+                return dest
+            except FeatureError:  # a damaged cache copy is dropped and fetched again
+                dest.unlink(missing_ok=True)
         tmp = root / f".{shard['sha256']}.{os.getpid()}.part"
         h, n = hashlib.sha256(), 0
         try:

@@ -98,6 +98,12 @@ class FeatureStore:
         return torch.from_numpy(out)
 
 
+def _view(arr: pa.Array, dtype) -> np.ndarray:
+    """A read-only numpy view of a primitive Arrow array's values (Array.to_numpy would import pandas)."""
+    dtype = np.dtype(dtype)
+    return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
+
+
 def _read_shard(path: Path, shard: dict, schema: pa.Schema, stages: list[dict]) -> list[dict]:
     name = shard["name"]
     try:
@@ -112,12 +118,9 @@ def _read_shard(path: Path, shard: dict, schema: pa.Schema, stages: list[dict]) 
         batch = reader.get_batch(i)
         if any(c.null_count for c in batch.columns):
             raise FeatureError(f"feature shard {name!r} holds null values (record batch {i})")
-        block = {"shard": name,
-                 "index": batch.column("index").to_numpy(zero_copy_only=True),
-                 "label": batch.column("label").to_numpy(zero_copy_only=True)}
+        block = {"shard": name, "index": _view(batch.column("index"), np.int64), "label": _view(batch.column("label"), np.int64)}
         for s in stages:  # zero-copy views into the memory map
-            flat = batch.column(s["column"]).flatten().to_numpy(zero_copy_only=True)
-            block[s["stage"]] = flat.reshape(len(batch), *s["shape"])
+            block[s["stage"]] = _view(batch.column(s["column"]).flatten(), np.float16).reshape(len(batch), *s["shape"])
         rows += len(batch)
         blocks.append(block)
     if rows != shard["rows"]:

@@ -42,6 +42,8 @@ def precompute(teacher_path: str, bundle, out: str, *, stages: list[int] | None 
     if card["in_chans"] != bundle.in_chans or card["num_classes"] != bundle.num_classes:
         raise FeatureError(f"teacher {teacher_path!r} takes {card['in_chans']} channels / {card['num_classes']} classes "
                            f"but {bundle.name} has {bundle.in_chans} / {bundle.num_classes}")
+    if str(out).endswith(".json"):
+        raise FeatureError(f"--out {out!r}: give the directory or s3:// prefix; the manifest is written inside it")
     storage.check_bucket(out)
     model.eval().to(device)
     size = card["img_size"]
