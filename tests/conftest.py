@@ -80,6 +80,15 @@ def s3_env(s3_server, monkeypatch):
 
 # --- one Ray cluster for the whole test session ------------------------------------------
 
+# Ray reads its auth mode once per process, so token auth is set before anything imports ray:
+# the session's head, the drivers the tests start and the `ray job` CLI all share this token.
+import os as _os  # noqa: E402
+import secrets as _secrets  # noqa: E402
+
+SESSION_TOKEN = _secrets.token_hex(16)
+_os.environ["RAY_AUTH_MODE"] = "token"
+_os.environ["RAY_AUTH_TOKEN"] = SESSION_TOKEN
+
 
 def free_port() -> int:
     import socket
@@ -95,10 +104,9 @@ class RayHead:
     token in its environment (never `ray stop`, which would end other users' clusters)."""
 
     def __init__(self, root: Path):
-        import secrets
         import subprocess
 
-        self.token = secrets.token_hex(16)
+        self.token = SESSION_TOKEN
         self.temp = Path(__import__("tempfile").mkdtemp(prefix="rlg", dir="/tmp"))  # short: unix socket paths
         self.port, self.dashboard_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -147,8 +155,8 @@ def ray_head(tmp_path_factory):
     import os
 
     head = RayHead(tmp_path_factory.mktemp("ray"))
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS")}
-    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": head.token, "RAY_ADDRESS": head.address})
+    saved = {"RAY_ADDRESS": os.environ.get("RAY_ADDRESS")}
+    os.environ["RAY_ADDRESS"] = head.address
     try:
         yield head
     finally:

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import cloudpickle
+import ray.cloudpickle as cloudpickle
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -91,7 +91,7 @@ def test_asha_sweep_with_parent_and_child_runs(asha_sweep):
 def test_reused_name_with_another_space_is_refused(asha_sweep, digits_teacher):
     tmp, _, _ = asha_sweep
     other = write_sweep(tmp, digits_teacher, "asha", {"optim.lr": {"grid": [1e-3]}})
-    with pytest.raises(sweep_lib.SweepError, match=r"already used .* space: was"):
+    with pytest.raises(sweep_lib.SweepError, match=r"already used .*space: was"):
         sweep_lib.run(spec_lib.load(other))
 
 
