@@ -95,8 +95,9 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable[dict], optimizer: t
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: Iterable[dict], *, device: torch.device, precision: str = "fp32",
-             prefix: str = "val") -> dict[str, float]:
-    """Top-1/top-5 and CE of the model's prediction (task.predict: the student alone)."""
+             prefix: str = "val", across_ranks: bool = True) -> dict[str, float]:
+    """Top-1/top-5 and CE of the model's prediction (task.predict: the student alone).
+    across_ranks: sum over DDP ranks (each saw its shard); False when one rank evaluates alone."""
     net = _unwrap(model)
     net.eval()
     correct1 = correct5 = loss = seen = 0.0
@@ -112,6 +113,8 @@ def evaluate(model: torch.nn.Module, loader: Iterable[dict], *, device: torch.de
         correct1 += float(hit[:, 0].sum())
         correct5 += float(hit.any(dim=1).sum())
         seen += y.shape[0]
-    s = _all_sum({"c1": correct1, "c5": correct5, "loss": loss, "n": seen}, device)
+    s = {"c1": correct1, "c5": correct5, "loss": loss, "n": seen}
+    if across_ranks:
+        s = _all_sum(s, device)
     n = max(s["n"], 1.0)
     return {f"{prefix}/top1": 100.0 * s["c1"] / n, f"{prefix}/top5": 100.0 * s["c5"] / n, f"{prefix}/loss": s["loss"] / n}

@@ -219,7 +219,8 @@ def _finish(cfg, run_dir: Path, task, bundle, device) -> dict[str, Any]:
                                                      metadata={"model": cfg.model.name}))}
     if bundle.test is not None:
         loader = _loader(bundle.test, cfg.data.eval_batch_size, cfg, train=False, seed=0)
-        out.update(engine.evaluate(task, loader, device=device, precision=cfg.run.precision, prefix="test"))
+        out.update(engine.evaluate(task, loader, device=device, precision=cfg.run.precision, prefix="test",
+                                   across_ranks=False))  # rank 0 alone, on the whole test split
     return out
 
 
