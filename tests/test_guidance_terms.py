@@ -14,7 +14,7 @@ from raylg.guidance import Context, DenseRelativeLocalization, TeacherOut, teach
 from raylg.guidance.distill import soft_kl
 from raylg.guidance.drloc import gather_pairs, offsets, sample_pairs
 from raylg.models import ModelError, block_features, create_student, create_teacher, has_token_grid, token_grid
-from raylg.task import Task, build_optimizer, build_task
+from raylg.task import build_optimizer, build_task
 
 ALL_ON = {"guidance.drloc.weight": 0.5, "guidance.distill_token.weight": 1.0, "guidance.kd.weight": 1.0}
 

@@ -80,11 +80,12 @@ def teacher_for(per_class: int, seed: int, epochs: int, out: Path, extra: dict, 
     cfg = config_lib.load(TEACHER, {"data.per_class": per_class, "data.split_seed": seed, "run.seed": seed,
                                     "schedule.epochs": epochs, "run.name": "teacher", "run.out_dir": str(out), **extra})
     run_dir = out / "teacher"
-    summary, seconds, _ = _run(cfg, run_dir, log)
+    summary, seconds, reused = _run(cfg, run_dir, log)
     weights = run_dir / "teacher.safetensors"
     if not weights.is_file():
         teacher_lib.publish(run_dir)
-    return str(weights), {"best_val_top1": summary["best"]["val/top1"], "test_top1": summary.get("test/top1"), "seconds": seconds}
+    return str(weights), {"best_val_top1": summary["best"]["val/top1"], "test_top1": summary.get("test/top1"),
+                          "seconds": seconds, "reused": reused}
 
 
 def student(arm: str, per_class: int, seed: int, epochs: int, teacher: str, out: Path, overrides: dict, log) -> dict:
@@ -94,9 +95,9 @@ def student(arm: str, per_class: int, seed: int, epochs: int, teacher: str, out:
     if arm in NEEDS_TEACHER:
         sets["teacher.path"] = teacher
     cfg = config_lib.load(STUDENT, sets)
-    summary, seconds, _ = _run(cfg, out / arm, log)
+    summary, seconds, reused = _run(cfg, out / arm, log)
     return {"best_val_top1": summary["best"]["val/top1"], "best_epoch": summary["best"]["epoch"] + 1,
-            "test_top1": summary.get("test/top1"), "seconds": seconds}
+            "test_top1": summary.get("test/top1"), "seconds": seconds, "reused": reused}
 
 
 def _stat(values: list[float]) -> str:
@@ -195,8 +196,9 @@ def main(argv: list[str] | None = None) -> str:
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     (out / "table.md").write_text(text + "\n")
     plot(rows, args.arms, args.per_class, out / "lg_vs_baseline.png")
-    log(f"\n{text}\n\nmean ± sample std over seeds {args.seeds}; epochs {epochs}; "
-        f"{run_seconds / 60:.1f} min of training runs, {wall / 60:.1f} min wall (this invocation)")
+    reused = sum(r["reused"] for r in rows)
+    log(f"\n{text}\n\nmean ± sample std over seeds {args.seeds}; epochs {epochs}; {len(rows)} runs "
+        f"({reused} finished earlier and reused) took {run_seconds / 60:.1f} min summed; this invocation {wall / 60:.1f} min wall")
     log(f"wrote {out / 'table.md'}, {out / 'results.json'}, {out / 'lg_vs_baseline.png'}")
     return text
 
