@@ -182,7 +182,7 @@ def _trial_fn(sweep: Sweep, paths: Paths, teacher_path: str, tracking: dict[str,
         if teacher_path:
             overrides["teacher.path"] = teacher_path
         cfg = sweep.trial_config(overrides)
-        tags = {"student": cfg.model.name, "beta": cfg.guidance.locality.beta if cfg.teacher.path else "none",
+        tags = {"student": cfg.model.name, "beta": cfg.guidance.locality.beta if (cfg.teacher.path or cfg.guidance.locality.source == "shards") else "none",
                 "dataset": cfg.data.name, "per_class": cfg.data.per_class, "git_commit": _git_commit()}
         loop_config = {"cfg": config_lib.flatten(cfg), "run_dir": str(paths.local / "trials" / trial_id), "in_tune": True,
                        "tracking": None if tracking is None else {**tracking, "trial_id": trial_id, "tags": tags}}
