@@ -142,22 +142,42 @@ def _drloc(cfg, student: nn.Module, in_chans: int) -> DenseRelativeLocalization:
     return DenseRelativeLocalization(block_channels(student, [-1])[0], cfg.guidance.drloc.weight, m=cfg.guidance.drloc.m)
 
 
+def student_config(cfg):
+    """The model config the student is built from: with the distillation token on, the DeiT
+    student's distilled variant (an extra token and head)."""
+    if cfg.guidance.distill_token.weight <= 0:
+        return cfg.model
+    try:
+        return dataclasses.replace(cfg.model, name=distilled_variant(cfg.model.name))
+    except ModelError as e:
+        raise ModelError(f"guidance.distill_token: {e}") from None
+
+
+def check_terms(cfg, *, in_chans: int = 3, num_classes: int = 10, teacher: bool = False) -> None:
+    """build_task's student-side checks, on the meta device (no memory, no init, no data): the
+    student builds at data.img_size, the distillation token has a DeiT-style student, LG's block
+    map fits the student (when a teacher will be there), DRLoc has a token grid to sample. The
+    teacher-side checks (its logits, its stages) need the loaded teacher and stay in build_task."""
+    with torch.device("meta"):
+        student = create_classifier(student_config(cfg), img_size=cfg.data.img_size, in_chans=in_chans,
+                                    num_classes=num_classes)
+        if teacher:
+            resolve_blocks(cfg, student)
+        if cfg.guidance.drloc.weight > 0:
+            _drloc(cfg, student, in_chans)
+
+
 def build_task(cfg, *, in_chans: int, num_classes: int, teacher_channels: list[int] | None = None,
                targets: TargetFn | None = None) -> Task:
     """Student first (so its init depends on the seed alone), then guidance heads. Terms that are
     off (weight 0) are not built and draw no random numbers; LG is built whenever there is a teacher.
     Every incompatibility (term vs student, term vs teacher) is an error here, before training."""
     gd = cfg.guidance
-    model_cfg = cfg.model
-    if gd.distill_token.weight > 0:  # DeiT: the student carries a distillation token and head
+    if gd.distill_token.weight > 0:
         _check_teacher_logits("guidance.distill_token.weight", targets, num_classes)
-        try:
-            model_cfg = dataclasses.replace(cfg.model, name=distilled_variant(cfg.model.name))
-        except ModelError as e:
-            raise ModelError(f"guidance.distill_token: {e}") from None
     if gd.kd.weight > 0:
         _check_teacher_logits("guidance.kd.weight", targets, num_classes)
-    student = create_classifier(model_cfg, img_size=cfg.data.img_size, in_chans=in_chans, num_classes=num_classes)
+    student = create_classifier(student_config(cfg), img_size=cfg.data.img_size, in_chans=in_chans, num_classes=num_classes)
     if gd.distill_token.weight > 0:
         student.set_distilled_training(True)
     terms: dict[str, nn.Module] = {}

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 from raylg import checkpoint, teacher as teacher_lib
 from raylg.config import ConfigError, load as load_config
 from raylg.fit import Hooks, fit, setup
@@ -333,3 +333,38 @@ def test_train_job_reports_an_unsupported_term_before_training(tmp_path, digits_
     assert e.value.code == 2
     assert "student 'pvt_v2_micro' cannot carry a distillation token" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "metrics.jsonl").exists()
+
+
+def test_sweep_refuses_a_term_and_student_that_clash_only_together(tmp_path, capsys):
+    """Each value alone is fine (DeiT with the token; PVT without it); the sweep job checks every
+    combination of the space on the meta device and refuses the pair before Ray starts."""
+    import sweep
+
+    space = {"model.name": {"grid": ["deit_micro_patch4_32", "pvt_v2_micro"]},
+             "guidance.distill_token.weight": {"grid": [0.0, 1.0]}}
+    spec_file = tmp_path / "clash.yaml"
+    spec_file.write_text(json.dumps({"name": "clash", "run_config": str(ROOT / "jobs/configs/digits-tiny.yaml"),
+                                     "space": space, "storage": str(tmp_path / "store")}))
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--config", str(spec_file)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "space point {'model.name': 'pvt_v2_micro', 'guidance.distill_token.weight': 1.0}" in err
+    assert "cannot carry a distillation token" in err
+    assert not (tmp_path / "store").exists()  # nothing started, nothing written
+
+
+def test_sweep_with_a_teacher_checks_each_students_layer_map(tmp_path):
+    from raylg.preflight import preflight
+    from raylg.ray import spec
+
+    spec_file = tmp_path / "blocks.yaml"
+    spec_file.write_text(json.dumps({
+        "name": "blocks", "run_config": str(ROOT / "jobs/configs/digits-tiny.yaml"),
+        "teacher": {"config": str(ROOT / "jobs/configs/teacher-digits-tiny.yaml")},
+        "set": {"model.name": "t2t_vit_7", "guidance.locality.student_blocks": [0, 2, 3]},  # within 4 and 7 blocks
+        "space": {"model.name": {"grid": ["t2t_vit_7", "deit_micro_patch4_32"]}}}))
+    spec.load(spec_file, check=preflight)
+    spec_file.write_text(spec_file.read_text().replace("[0, 2, 3]", "[0, 3, 6]"))
+    with pytest.raises(ConfigError, match=r"space.model.name \(grid value 'deit_micro_patch4_32'\).*student_blocks \[0, 3, 6\]"):
+        spec.load(spec_file, check=preflight)

@@ -29,6 +29,7 @@ function of a freshly initialised model:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Sequence, Union
 
@@ -68,7 +69,9 @@ class TokenPerformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, q, v = self.kqv(self.norm1(x)).split(self.out_dim, dim=-1)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        # fp32 under autocast too (exp overflows in half precision); meta tensors (shape checks) have no autocast
+        no_autocast = torch.autocast(x.device.type, enabled=False) if x.device.type != "meta" else contextlib.nullcontext()
+        with no_autocast:
             kp, qp = self._features(k.float()), self._features(q.float())
             denom = qp @ kp.sum(1, keepdim=True).transpose(1, 2)  # B x T x 1
             y = (qp @ (kp.transpose(1, 2) @ v.float())) / (denom + self.eps)

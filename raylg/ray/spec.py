@@ -17,6 +17,8 @@ trial starts (unknown fields, empty choices, values out of range such as beta < 
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,24 +108,41 @@ def _values_to_check(key: str, dist: str, arg: Any) -> list[Any]:
     return [low, high - 1 if dist == "randint" else high]
 
 
+MAX_COMBINATIONS = 128  # meta-device checks take ~0.1 s each; larger spaces are checked key by key only
+
+
 def check_space(space: dict[str, Any], base, check: Callable | None = None) -> None:
     """Every key must be a field of the run config and every value (or bound) valid for it;
-    `check(cfg)` (e.g. raylg.preflight.preflight: model and dataset names) runs on each."""
+    `check(cfg)` (e.g. raylg.preflight.preflight: names, and each guidance term against the
+    student) runs on each, then on every combination of them (up to MAX_COMBINATIONS), since
+    a term can clash with an architecture only together (a distillation token on a PVT)."""
+    values: dict[str, list[Any]] = {}
     for key, entry in space.items():
         if not isinstance(entry, dict) or len(entry) != 1 or next(iter(entry)) not in DISTRIBUTIONS:
             raise ConfigError(f"space.{key}: expected one of {{{', '.join(d + ': ...' for d in DISTRIBUTIONS)}}}, got {entry!r}")
         (dist, arg), = entry.items()
-        for value in _values_to_check(key, dist, arg):
+        values[key] = _values_to_check(key, dist, arg)
+        for value in values[key]:
             try:
                 cfg = config_lib.apply_overrides(base, {key: value})
                 if check is not None:
                     check(cfg)
             except ValueError as e:  # ConfigError, ModelError, ...
                 raise ConfigError(f"space.{key} ({dist} value {value!r}): {e}") from None
+    if check is None or len(values) < 2 or math.prod(map(len, values.values())) > MAX_COMBINATIONS:
+        return
+    for combo in itertools.product(*values.values()):
+        point = dict(zip(values, combo))
+        try:
+            check(config_lib.apply_overrides(base, point))
+        except ValueError as e:
+            raise ConfigError(f"space point {point}: {e}") from None
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None, check: Callable | None = None) -> Sweep:
-    """Read a sweep file (or the defaults), apply dotted overrides to the sweep spec, check everything."""
+    """Read a sweep file (or the defaults), apply dotted overrides to the sweep spec, check everything.
+    `check(cfg, teacher=...)` runs on the base config and the space (teacher=True when the sweep
+    names a teacher)."""
     source = Path(path).resolve() if path else None
     data = config_lib.read_yaml(source) if source else {}
     spec = config_lib.apply_overrides(config_lib.from_dict(SweepSpec, data), overrides or {})
@@ -147,6 +166,8 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         base = config_lib.load(base_path, spec.set)
     except ConfigError as e:
         raise ConfigError(f"base {str(base_path)!r} with set {spec.set}: {e}") from None
+    if check is not None and (spec.teacher.path or spec.teacher.config):
+        check = functools.partial(check, teacher=True)  # every trial gets the sweep's teacher: check LG's map too
     if check is not None:
         check(base)
     check_space(spec.space, base, check)
