@@ -103,7 +103,7 @@ class RayHead:
     processes are found and stopped by PID: every one of them inherits this head's unique
     token in its environment (never `ray stop`, which would end other users' clusters)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, s3_endpoint: str | None = None):
         import subprocess
 
         self.token = SESSION_TOKEN
@@ -113,6 +113,9 @@ class RayHead:
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         self.env = {**__import__("os").environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
                     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600", "RAY_USAGE_STATS_ENABLED": "0"}
+        if s3_endpoint:  # the nodes know the object store, as a KubeRay pod's env does (infra/)
+            self.env.update(AWS_ENDPOINT_URL=s3_endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                            AWS_DEFAULT_REGION="us-east-1")
         subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
                         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
                         "--ray-client-server-port", str(free_port()), "--num-cpus", "4", "--num-gpus", "0",
@@ -151,10 +154,10 @@ class RayHead:
 
 
 @pytest.fixture(scope="session")
-def ray_head(tmp_path_factory):
+def ray_head(tmp_path_factory, s3_server):
     import os
 
-    head = RayHead(tmp_path_factory.mktemp("ray"))
+    head = RayHead(tmp_path_factory.mktemp("ray"), s3_endpoint=s3_server)
     saved = {"RAY_ADDRESS": os.environ.get("RAY_ADDRESS")}
     os.environ["RAY_ADDRESS"] = head.address
     try:

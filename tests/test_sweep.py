@@ -105,6 +105,33 @@ def test_trial_with_two_ddp_workers(ray_head, digits_teacher, tmp_path):
     assert child.data.metrics["world_size"] == 2 and child.data.metrics["train/lg"] > 0
 
 
+def test_sweep_with_its_storage_on_s3(ray_head, digits_teacher, s3_env, tmp_path, monkeypatch):
+    """storage: s3://... — trials checkpoint to the bucket (moto) through Ray's pyarrow S3
+    filesystem; this machine keeps only the MLflow store, under ~/.cache/raylg/sweeps/NAME."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_env)
+    s3.create_bucket(Bucket="sweeps")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = write_sweep(tmp_path, digits_teacher, "ons3", {"guidance.locality.beta": {"grid": [0.0, 2.5]}},
+                       storage="s3://sweeps/raylg", set={**FAST, "schedule.epochs": 1, "schedule.warmup_epochs": 0})
+    rows = sweep_lib.run(spec_lib.load(path))
+    assert sorted(r["status"] for r in rows) == ["FINISHED", "FINISHED"]
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="sweeps", Prefix="raylg/ons3/")
+            for o in page.get("Contents", [])]
+    trials = {k.split("/")[2] for k in keys if k.split("/")[2].startswith("trial_")}
+    assert len(trials) == 2, keys
+    for trial in trials:  # each trial's checkpoint is in the bucket
+        assert any(k.startswith(f"raylg/ons3/{trial}/checkpoint_") for k in keys), (trial, keys)
+    assert not (tmp_path / "store").exists()
+    local = tmp_path / "home" / ".cache" / "raylg" / "sweeps" / "ons3"
+    assert (local / sweep_lib.SWEEP_FILE).is_file()
+    client = MlflowClient(default_uri(local))
+    children = [r for r in client.search_runs([client.get_experiment_by_name("ons3").experiment_id])
+                if r.data.tags.get("raylg.role") == "trial"]
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+
+
 class FailOnce(RayHooks):
     """Raises in the second epoch's report, once (a marker file remembers)."""
 
