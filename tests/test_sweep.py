@@ -132,6 +132,21 @@ def test_sweep_with_its_storage_on_s3(ray_head, digits_teacher, s3_env, tmp_path
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
 
 
+def test_ddp_run_evaluates_the_test_split_on_rank_0(ray_head, tmp_path):
+    """Two DDP workers on Fashion-MNIST (which has a test split): training all-reduces, then
+    rank 0 alone evaluates the best checkpoint on all 10,000 test images and writes the summary."""
+    cfg = tiny_config(tmp_path, **{"data.name": "fashion_mnist", "data.per_class": 10, "data.val_fraction": 0.01,
+                                   "schedule.epochs": 1, "schedule.warmup_epochs": 0, "run.max_train_batches": 2})
+    trainer = make_trainer({"cfg": config_lib.flatten(cfg), "run_dir": str(tmp_path / "run"), "tracking": None},
+                           name="ddp-test-split", storage=str(tmp_path / "store"), workers=2, cpus_per_worker=1,
+                           gpus_per_worker=0, failures=0)
+    result = trainer.fit()
+    assert result.error is None and result.metrics["world_size"] == 2
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert 0 <= summary["test/top1"] <= 100 and summary["test/loss"] > 0
+    assert (tmp_path / "run" / "student.safetensors").is_file()
+
+
 class FailOnce(RayHooks):
     """Raises in the second epoch's report, once (a marker file remembers)."""
 
