@@ -5,7 +5,6 @@ the teacher file against its card."""
 
 from __future__ import annotations
 
-
 from raylg.config import ConfigError
 
 
