@@ -1,7 +1,7 @@
 """Baseline vs LG vs LG+DRLoc (and logit KD, DeiT's distillation token) on small Fashion-MNIST.
 
-    OMP_NUM_THREADS=1 python jobs/experiments/lg_vs_baseline.py           # DeiT-Tiny, 5 arms: ~6.5 h in one CPU process
-    OMP_NUM_THREADS=1 python jobs/experiments/lg_vs_baseline.py --smoke   # ~10 min: 1 seed, 50/class, 4 batches, every arm
+    OMP_NUM_THREADS=1 python jobs/experiments/lg_vs_baseline.py           # DeiT-Tiny, 5 arms (est. ~6.5 h on one CPU core)
+    OMP_NUM_THREADS=1 python jobs/experiments/lg_vs_baseline.py --smoke   # 1 seed, 50/class, 4 batches, every arm (est. ~10 min)
     python jobs/experiments/lg_vs_baseline.py --arms baseline lg lg_drloc --out runs/experiments/deit_tiny   # README table 1
     python jobs/experiments/lg_vs_baseline.py --set model.name=deit_micro_patch4_32 --set run.precision=fp32 \
         --set optim.lr=2e-3 --out runs/experiments/deit_micro                                   # README table 2
