@@ -174,6 +174,7 @@ def fit(cfg, run_dir: str | Path, *, hooks: Hooks | None = None, resume_from: st
         metrics_path.write_text("".join(l + "\n" for l in kept))
 
     row: dict[str, Any] = {}
+    finished = None
     for epoch in range(start_epoch, cfg.schedule.epochs):
         t0 = time.perf_counter()
         _set_epoch(train_loader, cfg.run.seed, epoch)
@@ -200,11 +201,14 @@ def fit(cfg, run_dir: str | Path, *, hooks: Hooks | None = None, resume_from: st
                 checkpoint.save(run_dir / "checkpoints" / "best", module=task, optimizer=None, cfg=cfg,
                                 epoch=epoch, step=step, metrics={"row": row, "best": best})
             print(_line(row), flush=True)
+            if epoch == cfg.schedule.epochs - 1:  # the last report carries the best student's test figures
+                finished = _finish(cfg, run_dir, task, s.bundle, device)
+                row = {**row, **{k: v for k, v in finished.items() if k.startswith("test/")}}
         hooks.report(row, ckpt)
 
     summary = {"best": best, "last": row, "epochs": cfg.schedule.epochs}
     if main:
-        summary.update(_finish(cfg, run_dir, task, s.bundle, device))
+        summary.update(finished if finished is not None else _finish(cfg, run_dir, task, s.bundle, device))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
