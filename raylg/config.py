@@ -85,6 +85,10 @@ class LocalityConfig:
     teacher_stages: list[int] = field(default_factory=lambda: [0, 1, 2])
     source: Literal["online", "shards"] = "online"
     shards: str = ""  # manifest URI when source == shards
+    # per pair, before the MSE (the reference's DISTILLATION.INTER_TRANSFORM): linear = a trainable
+    # 1x1 aligner; attention = channel-mean of squares, L2-normalised per image; similarity = the
+    # batch's Gram matrix of flattened maps, L2-normalised per row (both: no parameters)
+    transform: Literal["linear", "attention", "similarity"] = "linear"
 
 
 @dataclass
@@ -105,6 +109,18 @@ class KdConfig:
 
 
 @dataclass
+class RelvitConfig:
+    """RelViT (Camporese et al., BMVC 2022): self-supervised tasks on every final patch token.
+    Each task is its own term, weighted weight x its factor, on iff that product is > 0."""
+
+    weight: float = 0.0  # multiplier of every RelViT task; 0 = off (no heads built)
+    relations: float = 1.0  # 9-class spatial relation of every ordered token pair (their use_relations)
+    positions: float = 1.0  # absolute grid position of every token (their use_abs_positions)
+    distances: float = 0.0  # normalised distance of every token pair (their use_distances; off in their scripts)
+    shuffle: bool = False  # permute the image's patch blocks per image first (for the SSL-only stage)
+
+
+@dataclass
 class GuidanceConfig:
     """Loss terms beside CE. LG is built whenever there is a teacher (beta 0 = computed, weighted
     by 0); each other term is on iff its weight > 0, so a sweep switches it through the weight."""
@@ -113,6 +129,8 @@ class GuidanceConfig:
     drloc: DrlocConfig = field(default_factory=DrlocConfig)
     distill_token: DistillTokenConfig = field(default_factory=DistillTokenConfig)
     kd: KdConfig = field(default_factory=KdConfig)
+    relvit: RelvitConfig = field(default_factory=RelvitConfig)
+    ce_weight: float = 1.0  # weight of the labelled CE; 0 = self-supervised stage (no CE, no labels used)
 
 
 @dataclass
@@ -123,6 +141,9 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast
     resume: bool = False  # continue from out_dir/name/checkpoints/last
+    # start the student from other weights (e.g. an SSL stage): a run dir (its checkpoints/last), a
+    # checkpoint dir, or a .safetensors of the student alone; "" = fresh init
+    init_from: str = ""
     max_train_batches: int = 0  # 0 = full epochs; N = cap for smoke runs and benchmarks
     progress: bool = True
 
@@ -417,6 +438,18 @@ def _validate_terms(cfg: Config) -> None:
         _check(math.isfinite(w) and w >= 0, f"guidance.{key}.weight", w, ">= 0 and finite; 0 = off")
     _check(gd.drloc.m >= 1, "guidance.drloc.m", gd.drloc.m, ">= 1 token pairs per image")
     _check(math.isfinite(gd.kd.tau) and gd.kd.tau > 0, "guidance.kd.tau", gd.kd.tau, "> 0 and finite")
+    rv = gd.relvit
+    for key in ("weight", "relations", "positions", "distances"):
+        w = getattr(rv, key)
+        _check(math.isfinite(w) and w >= 0, f"guidance.relvit.{key}", w, ">= 0 and finite; 0 = off")
+    if rv.weight > 0 and not (rv.relations > 0 or rv.positions > 0 or rv.distances > 0):
+        raise ConfigError(f"guidance.relvit.weight is {rv.weight} but every RelViT task is off (relations, positions "
+                          f"and distances are 0); set one of them > 0, or weight 0")
+    if rv.weight > 0 and rv.shuffle and gd.locality.source == "shards":
+        raise ConfigError("guidance.relvit.shuffle is true but guidance.locality.source is 'shards': precomputed "
+                          "teacher maps cannot follow the shuffled patches; use source 'online'")
+    _check(math.isfinite(gd.ce_weight) and gd.ce_weight >= 0, "guidance.ce_weight", gd.ce_weight,
+           ">= 0 and finite; 0 = no CE (self-supervised stage)")
     # a missing teacher is caught when the task is built (raylg.task.build_task), not here: a sweep's
     # base config gets teacher.path only once the sweep has trained or found its teacher
     for key, w in (("distill_token", gd.distill_token.weight), ("kd", gd.kd.weight)):
