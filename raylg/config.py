@@ -445,6 +445,10 @@ def _validate_terms(cfg: Config) -> None:
     if rv.weight > 0 and not (rv.relations > 0 or rv.positions > 0 or rv.distances > 0):
         raise ConfigError(f"guidance.relvit.weight is {rv.weight} but every RelViT task is off (relations, positions "
                           f"and distances are 0); set one of them > 0, or weight 0")
+    if rv.weight > 0 and rv.shuffle and gd.ce_weight > 0:
+        raise ConfigError(f"guidance.relvit.shuffle is true but guidance.ce_weight is {gd.ce_weight}: the classifier "
+                          f"would learn on shuffled images and be evaluated on whole ones; shuffle only in the "
+                          f"self-supervised stage (ce_weight 0)")
     if rv.weight > 0 and rv.shuffle and gd.locality.source == "shards":
         raise ConfigError("guidance.relvit.shuffle is true but guidance.locality.source is 'shards': precomputed "
                           "teacher maps cannot follow the shuffled patches; use source 'online'")

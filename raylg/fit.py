@@ -87,6 +87,10 @@ def setup(cfg) -> Setup:
         channels = card["stage_channels"]
     torch.manual_seed(cfg.run.seed)  # the student's init depends on the seed alone
     task = build_task(cfg, in_chans=bundle.in_chans, num_classes=bundle.num_classes, teacher_channels=channels, targets=targets)
+    if cfg.run.init_from:  # the student from other weights (e.g. a self-supervised stage), checked before training
+        from raylg import init_from
+
+        init_from.load_student(task.student, cfg.run.init_from, model_name=cfg.model.name, num_classes=bundle.num_classes)
     return Setup(bundle, task, targets, card)
 
 

@@ -3,7 +3,9 @@
 `Task` is what the optimizer sees, what DDP wraps and what a checkpoint holds; the frozen
 teacher (or the feature shards standing in for it) sits outside. forward(batch) returns the
 dict of named loss terms the engine sums ("ce" plus one per guidance term: "lg", "drloc",
-"dist", "kd"); predict(x) is the student alone (a distilled student's two heads averaged).
+"dist", "kd", "relvit_rel", "relvit_pos", "relvit_dist"; no "ce" when guidance.ce_weight is 0,
+the self-supervised stage); predict(x) is the student alone (a distilled student's two heads
+averaged).
 
 The student runs once per step: the task asks that pass for the union of what its terms
 need (block maps, the final token grid, the distillation head's logits).
@@ -20,23 +22,27 @@ from torch import nn
 
 from raylg.config import ConfigError
 from raylg.guidance import (Context, DenseRelativeLocalization, DistillationToken, LocalityGuidance, LogitDistillation,
-                            TeacherOut, teacher_logit_classes)
-from raylg.models import (ModelError, block_channels, create_classifier, default_layer_map, distilled_variant, forward_trunk,
-                          has_token_grid, resolve_blocks as check_blocks, token_grid)
+                            PatchShuffle, TeacherOut, build_relvit_terms, teacher_logit_classes)
+from raylg.models import (STUDENTS, ModelError, block_channels, create_classifier, default_layer_map, distilled_variant,
+                          forward_trunk, has_token_grid, resolve_blocks as check_blocks, student_family, token_grid)
 from raylg.models.families import model_name
 
 TargetFn = Callable[[dict], TeacherOut]
 
 
 class Task(nn.Module):
-    def __init__(self, student: nn.Module, terms: dict[str, nn.Module] | None = None, targets: TargetFn | None = None):
+    def __init__(self, student: nn.Module, terms: dict[str, nn.Module] | None = None, targets: TargetFn | None = None,
+                 *, ce_weight: float = 1.0, prepare: Callable[[dict], dict] | None = None):
         super().__init__()
         self.student = student
         self.terms = nn.ModuleDict(terms or {})
         self.blocks = sorted({b for t in self.terms.values() for b in getattr(t, "student_blocks", [])})
         self.needs_tokens = any(getattr(t, "needs_tokens", False) for t in self.terms.values())
-        # a plain attribute (not a submodule): the teacher is never trained, saved or DDP-wrapped
+        self.ce_weight = float(ce_weight)  # 0: no CE term, the labels are never read
+        # plain attributes (not submodules): the teacher is never trained, saved or DDP-wrapped;
+        # prepare (RelViT's patch shuffle) rewrites the training batch before both passes
         self.__dict__["targets"] = targets
+        self.__dict__["prepare"] = prepare
 
     def _student_pass(self, x: torch.Tensor):
         """(student output, block maps, token grid) from one pass; plain forward when no term needs more."""
@@ -47,12 +53,17 @@ class Task(nn.Module):
         return self.student.forward_head(feats), dict(zip(self.blocks, maps)), tokens
 
     def forward(self, batch: dict) -> dict:
-        x, y = batch["image"], batch["label"]
+        if self.prepare is not None:
+            batch = self.prepare(batch)
+        x = batch["image"]
         out, features, tokens = self._student_pass(x)
         logits, dist_logits = out if isinstance(out, tuple) else (out, None)  # a distilled student: (class, dist)
         teacher = self.targets(batch) if (self.targets is not None and len(self.terms)) else None
         ctx = Context(batch=batch, logits=logits, features=features, teacher=teacher, tokens=tokens, dist_logits=dist_logits)
-        losses = {"ce": F.cross_entropy(logits, y)}
+        losses = {}
+        if self.ce_weight > 0:
+            ce = F.cross_entropy(logits, batch["label"])
+            losses["ce"] = ce if self.ce_weight == 1.0 else self.ce_weight * ce
         stats: dict[str, torch.Tensor] = {}
         for name, term in self.terms.items():
             losses[name], term_stats = term(ctx)
@@ -142,6 +153,62 @@ def _drloc(cfg, student: nn.Module, in_chans: int) -> DenseRelativeLocalization:
     return DenseRelativeLocalization(block_channels(student, [-1])[0], cfg.guidance.drloc.weight, m=cfg.guidance.drloc.m)
 
 
+def token_grid_students() -> list[str]:
+    """raylg's students whose forward_features keep a final patch-token grid (DRLoc, RelViT)."""
+    return [name for name in STUDENTS if student_family(name).tokens is not None]
+
+
+def _relvit(cfg, student: nn.Module, in_chans: int) -> tuple[dict[str, nn.Module], PatchShuffle | None]:
+    """RelViT's terms (those whose weight x factor > 0) and, with shuffle on, the patch shuffle."""
+    name, rv = model_name(student), cfg.guidance.relvit
+    if not has_token_grid(student):
+        raise ModelError(f"guidance.relvit: student {name!r} keeps no final patch-token grid (its features are the "
+                         f"class tokens alone), so RelViT has no patch tokens to relate; students that support it: "
+                         f"{', '.join(token_grid_students())}")
+    size = cfg.data.img_size
+    h, w = _token_grid_size(student, in_chans, size)
+    if h * w < 2:
+        raise ModelError(f"guidance.relvit: student {name!r} at {size}px has a {h}x{w} final token grid; RelViT "
+                         f"needs at least two tokens to relate")
+    if rv.shuffle and (size % h or size % w):
+        raise ModelError(f"guidance.relvit.shuffle: student {name!r} at {size}px has a {h}x{w} final token grid, "
+                         f"which does not split the image into equal blocks to shuffle")
+    terms = build_relvit_terms(rv, block_channels(student, [-1])[0], (h, w))
+    return terms, (PatchShuffle((h, w)) if rv.shuffle else None)
+
+
+def _freeze_class_head(student: nn.Module, in_chans: int, img_size: int) -> list[str]:
+    """With no CE (and no KD) the class head gets no gradient: freeze what only forward_head's class
+    output reaches (timm's head, CCT's pooling...), so DDP sees no unused parameters and the head
+    stays at its init. Found by one backward from a detached feature leaf; returns the names."""
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.no_grad():
+            feats = student.forward_features(torch.zeros(1, in_chans, img_size, img_size))
+        out = student.forward_head(feats.detach().requires_grad_(True))
+        out = out[0] if isinstance(out, tuple) else out  # a distilled student: its class head only
+        named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+        grads = torch.autograd.grad(out.float().sum(), [p for _, p in named], allow_unused=True)
+    finally:
+        student.train(was_training)
+    frozen = [n for (n, p), g in zip(named, grads) if g is not None]
+    for n, p in named:
+        if n in frozen:
+            p.requires_grad_(False)
+    return frozen
+
+
+def _check_something_trains(cfg, lg: bool) -> None:
+    gd = cfg.guidance
+    if gd.ce_weight > 0:
+        return
+    others = lg or gd.drloc.weight > 0 or gd.distill_token.weight > 0 or gd.kd.weight > 0 or gd.relvit.weight > 0
+    if not others:
+        raise ConfigError("guidance.ce_weight is 0 and no guidance term is on, so nothing would train; "
+                          "set guidance.relvit.weight (or another term) > 0, or ce_weight > 0")
+
+
 def student_config(cfg):
     """The model config the student is built from: with the distillation token on, the DeiT
     student's distilled variant (an extra token and head)."""
@@ -156,8 +223,8 @@ def student_config(cfg):
 def check_terms(cfg, *, in_chans: int = 3, num_classes: int = 10, teacher: bool = False) -> None:
     """build_task's student-side checks, on the meta device (no memory, no init, no data): the
     student builds at data.img_size, the distillation token has a DeiT-style student, LG's block
-    map fits the student (when a teacher will be there), DRLoc has a token grid to sample. The
-    teacher-side checks (its logits, its stages) need the loaded teacher and stay in build_task."""
+    map fits the student (when a teacher will be there), DRLoc and RelViT have a token grid, and
+    something trains when guidance.ce_weight is 0. The teacher-side checks (its logits, its stages) need the loaded teacher and stay in build_task."""
     with torch.device("meta"):
         student = create_classifier(student_config(cfg), img_size=cfg.data.img_size, in_chans=in_chans,
                                     num_classes=num_classes)
@@ -165,6 +232,9 @@ def check_terms(cfg, *, in_chans: int = 3, num_classes: int = 10, teacher: bool 
             resolve_blocks(cfg, student)
         if cfg.guidance.drloc.weight > 0:
             _drloc(cfg, student, in_chans)
+        if cfg.guidance.relvit.weight > 0:
+            _relvit(cfg, student, in_chans)
+    _check_something_trains(cfg, lg=teacher)
 
 
 def build_task(cfg, *, in_chans: int, num_classes: int, teacher_channels: list[int] | None = None,
@@ -188,11 +258,18 @@ def build_task(cfg, *, in_chans: int, num_classes: int, teacher_channels: list[i
         if bad:
             raise ModelError(f"guidance.locality.teacher_stages: {bad} out of range; the teacher has {len(teacher_channels)} stages")
         terms["lg"] = LocalityGuidance(blocks, block_channels(student, blocks), list(g.teacher_stages),
-                                       [teacher_channels[s] for s in g.teacher_stages], beta=g.beta)
+                                       [teacher_channels[s] for s in g.teacher_stages], beta=g.beta, transform=g.transform)
     if gd.drloc.weight > 0:
         terms["drloc"] = _drloc(cfg, student, in_chans)
     if gd.distill_token.weight > 0:
         terms["dist"] = DistillationToken(gd.distill_token.weight)
     if gd.kd.weight > 0:
         terms["kd"] = LogitDistillation(gd.kd.weight, gd.kd.tau)
-    return Task(student, terms, targets)
+    prepare = None
+    if gd.relvit.weight > 0:
+        relvit_terms, prepare = _relvit(cfg, student, in_chans)
+        terms.update(relvit_terms)
+    _check_something_trains(cfg, lg="lg" in terms)
+    if gd.ce_weight == 0 and gd.kd.weight == 0:
+        _freeze_class_head(student, in_chans, cfg.data.img_size)
+    return Task(student, terms, targets, ce_weight=gd.ce_weight, prepare=prepare)
