@@ -1,9 +1,12 @@
-"""infra/ validated offline: YAML parses, overlays render, schemas hold, and every policy
-rule catches a deliberately broken copy, naming the file and field to fix."""
+"""infra/ validated offline by infra/check (a development tool beside the manifests, not part
+of the raylg package): YAML parses, overlays render, schemas hold, checkov and hadolint pass,
+and every rule catches a deliberately broken copy, naming the file and field to fix."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,15 +15,40 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raylg.infra import RULES, check, overlays
-from raylg.infra.kustomize import kubectl
-from raylg.infra.pins import parse_dockerfile
-from raylg.infra.rules import rule_name
-from raylg.infra.rules.schemas import kuberay_schema
-
 ROOT = Path(__file__).resolve().parents[1]
 CRDS = Path(__file__).resolve().parents[2] / "shared" / "kuberay-crds"
+
+
+def _import_checker():
+    """infra/check as the package "check", without putting infra/ on sys.path."""
+    if "check" not in sys.modules:
+        folder = ROOT / "infra" / "check"
+        spec = importlib.util.spec_from_file_location("check", folder / "__init__.py",
+                                                      submodule_search_locations=[str(folder)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["check"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["check"]
+
+
+_import_checker()
+from check import RULES, check, checkov, hadolint, overlays, tools  # noqa: E402
+from check.bundle import load  # noqa: E402
+from check.kustomize import kubectl  # noqa: E402
+from check.pins import parse_dockerfile  # noqa: E402
+from check.rules import DELEGATED, rule_name  # noqa: E402
+from check.rules.schemas import kuberay_schema  # noqa: E402
+
 OVERLAYS = [p.name for p in overlays(ROOT)]
+
+
+def _installed(find) -> bool:
+    try:
+        find()
+        return True
+    except tools.ToolMissing:
+        return False
+
 
 requires_kubectl = pytest.mark.skipif(
     not (os.environ.get("KUBECTL") or shutil.which("kubectl")),
@@ -29,6 +57,15 @@ requires_kubectl = pytest.mark.skipif(
 requires_crds = pytest.mark.skipif(
     not CRDS.is_dir(), reason=f"KubeRay CRDs not found at {CRDS} (shared/kuberay-crds beside the repo)"
 )
+# CI installs both (.ci/run), so there a missing one fails the tests instead of skipping them.
+requires_checkov = pytest.mark.skipif(
+    not os.environ.get("CI") and not _installed(tools.checkov),
+    reason="checkov is not installed (infra/README.md: its own venv, or $CHECKOV)",
+)
+requires_hadolint = pytest.mark.skipif(
+    not os.environ.get("CI") and not _installed(tools.hadolint),
+    reason="hadolint is not installed (pip install -e '.[test]')",
+)
 
 
 def run_check(target: Path):
@@ -36,6 +73,20 @@ def run_check(target: Path):
     if CRDS.is_dir():
         return check(target, crds=CRDS)
     return check(target, rules=tuple(r for r in RULES if r is not kuberay_schema))
+
+
+def run_checkov(target: Path):
+    """checkov's findings for the rendered TARGET, Ray pods included."""
+    return checkov.scan(load(target))
+
+
+def run_tool(rule: str, root: Path, target: Path):
+    """The findings of whichever checker owns RULE: checkov (CKV...), hadolint (DL...) or raylg's."""
+    if rule.startswith("CKV"):
+        return run_checkov(target)
+    if rule.startswith("DL"):
+        return hadolint.scan(root)
+    return run_check(target)
 
 
 # ---- the real files ----------------------------------------------------------------------
@@ -57,6 +108,41 @@ def test_there_are_single_gpu_multi_node_and_interactive_overlays():
 def test_overlay_renders_and_passes_every_rule(overlay):
     violations = run_check(ROOT / "infra" / "overlays" / overlay)
     assert violations == [], "\n".join(map(str, violations))
+
+
+@requires_kubectl
+@requires_checkov
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_passes_checkov(overlay):
+    violations = run_checkov(ROOT / "infra" / "overlays" / overlay)
+    assert violations == [], "\n".join(map(str, violations))
+
+
+@requires_hadolint
+def test_dockerfiles_pass_hadolint():
+    found = hadolint.scan(ROOT)
+    assert found == [], "\n".join(map(str, found))
+
+
+def test_the_checker_is_not_part_of_the_raylg_package():
+    assert importlib.util.find_spec("raylg.infra") is None
+    assert not (ROOT / "raylg" / "infra").exists()
+
+
+def test_checkov_skips_are_written_down():
+    """Each skipped check is named in a comment of its config file (the reason), and the Ray
+    pods skip everything the other objects skip."""
+    skips = {}
+    for which in checkov.CONFIGS:
+        path = checkov.config_file(ROOT, which)
+        text = path.read_text()
+        skips[which] = set(yaml.safe_load(text)["skip-check"])
+        lines = text.splitlines()
+        comments = " ".join(line.split("#", 1)[1] for line in lines if "#" in line)
+        for check_id in skips[which]:
+            inline = [line for line in lines if re.match(rf"\s*- {check_id}\s+#\s*\S", line)]
+            assert inline or re.search(rf"\b{check_id}\b", comments), f"{path.name}: no reason for {check_id}"
+    assert skips["objects"] <= skips["ray-pods"]
 
 
 @requires_kubectl
@@ -204,6 +290,12 @@ CASES = [
      lambda r: edit(r, MLFLOW, lambda d: spec(d).update(type="LoadBalancer"), "Service"),
      MLFLOW, "Service/mlflow spec.type"),
     ("no-external-exposure", MLFLOW,
+     lambda r: (r / MLFLOW).open("a").write(
+         "\n---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: mlflow}\n"
+         "spec:\n  defaultBackend: {service: {name: mlflow, port: {number: 5000}}}\n"),
+     MLFLOW, "Ingress/mlflow kind"),
+    # no-external-exposure (pods): checkov CKV_K8S_19, CKV_K8S_26
+    ("CKV_K8S_26", MLFLOW,
      lambda r: edit(r, MLFLOW, lambda d: mlflow_container(d)["ports"][0].update(hostPort=5000), "Deployment"),
      MLFLOW, "containers[0].ports[0].hostPort"),
     ("network-policies", "infra/base/common/networkpolicies.yaml",
@@ -228,10 +320,12 @@ CASES = [
      lambda r: edit(r, MLFLOW, lambda d: replace_arg(mlflow_container(d), "--backend-store-uri",
                                                      "--backend-store-uri=sqlite:///mlflow.db"), "Deployment"),
      MLFLOW, "Deployment/mlflow spec.template.spec.containers[0].args"),
-    ("container-resources", POSTGRES,
+    # container-resources: checkov CKV_K8S_10..13
+    ("CKV_K8S_10", POSTGRES,
      lambda r: edit(r, POSTGRES, lambda d: mlflow_container(d).pop("resources"), "StatefulSet"),
      POSTGRES, "StatefulSet/mlflow-postgres spec.template.spec.containers[0].resources"),
-    ("images-pinned", POSTGRES,
+    # images-pinned (manifests): checkov CKV_K8S_14
+    ("CKV_K8S_14", POSTGRES,
      lambda r: edit(r, POSTGRES, lambda d: mlflow_container(d).update(image="postgres"), "StatefulSet"),
      POSTGRES, "containers[0].image"),
     ("configmap-references-resolve", MLFLOW,
@@ -247,8 +341,18 @@ CASES = [
 ]
 
 
+def delegated_ids(tool: str) -> set[str]:
+    """The check ids DELEGATED names for TOOL ("checkov", "hadolint")."""
+    return {i.strip() for _what, by, _s in DELEGATED if by.startswith(tool)
+            for i in by.split(" ", 1)[1].split(",")}
+
+
 def test_every_rule_has_a_broken_case():
-    assert {c[0] for c in CASES} == {rule_name(r) for r in RULES}
+    """Each of raylg's rules, and one check of each rule left to checkov, has a case here;
+    the hadolint ones are in test_dockerfile_base_image_must_be_pinned."""
+    assert {c[0] for c in CASES} == {rule_name(r) for r in RULES} | {"CKV_K8S_10", "CKV_K8S_14", "CKV_K8S_26"}
+    assert {"CKV_K8S_10", "CKV_K8S_14", "CKV_K8S_26"} <= delegated_ids("checkov")
+    assert delegated_ids("hadolint") == {"DL3006", "DL3007"}
 
 
 def find(violations, rule, file_suffix, field_part):
@@ -262,25 +366,49 @@ def find(violations, rule, file_suffix, field_part):
 def test_rule_reports_broken_copy_with_file_and_field(repo, rule, _file, breaks, file_suffix, field_part):
     if rule == "kuberay-schema" and not CRDS.is_dir():
         pytest.skip(f"KubeRay CRDs not found at {CRDS}")
+    if rule.startswith("CKV") and not os.environ.get("CI") and not _installed(tools.checkov):
+        pytest.skip("checkov is not installed")
     breaks(repo)
-    violations = run_check(repo / "infra" / "overlays" / "single-gpu")
+    violations = run_tool(rule, repo, repo / "infra" / "overlays" / "single-gpu")
     find(violations, rule, file_suffix, field_part)
+
+
+@requires_kubectl
+@requires_checkov
+def test_checkov_findings_in_ray_pods_point_at_the_template_field(repo):
+    """checkov sees the pods KubeRay makes of the RayJob; what it finds there is reported at
+    the RayJob's own fields: head, worker group, autoscaler sidecar and submitter."""
+    def break_four(doc):
+        head_container(doc)["securityContext"]["privileged"] = True
+        worker(doc)["template"]["spec"]["hostNetwork"] = True
+        cluster(doc)["autoscalerOptions"].pop("resources")
+        spec(doc)["submitterPodTemplate"]["spec"]["containers"][0]["securityContext"][
+            "allowPrivilegeEscalation"] = True
+    edit(repo, RAYJOB, break_four)
+    violations = run_checkov(repo / "infra" / "overlays" / "single-gpu")
+    find(violations, "CKV_K8S_16", RAYJOB, "headGroupSpec.template.spec.containers[0].securityContext.privileged")
+    find(violations, "CKV_K8S_19", RAYJOB, "spec.rayClusterSpec.workerGroupSpecs[0].template.spec")
+    find(violations, "CKV_K8S_10", RAYJOB, "spec.rayClusterSpec.autoscalerOptions.resources.requests.cpu")
+    find(violations, "CKV_K8S_20", RAYJOB,
+         "spec.submitterPodTemplate.spec.containers[0].securityContext.allowPrivilegeEscalation")
 
 
 # ---- more than one thing at a time, and where patches are blamed ---------------------------
 
 
 @requires_kubectl
+@requires_checkov
 def test_every_violation_is_reported_not_just_the_first(repo):
     edit(repo, RAYJOB, lambda d: cluster(d)["authOptions"].update(mode="disabled"))
     edit(repo, RAYJOB, lambda d: spec(d).update(entrypoint="python train.py"))
     edit(repo, MLFLOW, lambda d: spec(d).update(type="NodePort"), "Service")
     edit(repo, POSTGRES, lambda d: mlflow_container(d).update(image="postgres:latest"), "StatefulSet")
-    violations = run_check(repo / "infra" / "overlays" / "single-gpu")
+    target = repo / "infra" / "overlays" / "single-gpu"
+    violations = run_check(target) + run_checkov(target)
     find(violations, "ray-token-auth", RAYJOB, "authOptions.mode")
     find(violations, "rayjob-entrypoint", RAYJOB, "spec.entrypoint")
     find(violations, "services-cluster-ip", MLFLOW, "spec.type")
-    find(violations, "images-pinned", POSTGRES, "image")
+    find(violations, "CKV_K8S_14", POSTGRES, "image")
 
 
 @requires_kubectl
@@ -313,11 +441,11 @@ def test_ray_version_is_read_from_pyproject(repo):
     find(violations, "ray-version-matches-pin", RAYJOB, "rayVersion")
 
 
-@requires_kubectl
-def test_dockerfile_base_image_must_be_pinned(repo):
-    replace_text(repo, "infra/mlflow/Dockerfile", "FROM python:3.11.13-slim-bookworm", "FROM python")
-    violations = run_check(repo / "infra" / "overlays" / "single-gpu")
-    find(violations, "images-pinned", "infra/mlflow/Dockerfile", "FROM")
+@requires_hadolint
+@pytest.mark.parametrize("image, code", [("python", "DL3006"), ("python:latest", "DL3007")])
+def test_dockerfile_base_image_must_be_pinned(repo, image, code):
+    replace_text(repo, "infra/mlflow/Dockerfile", "FROM python:3.11.13-slim-bookworm", f"FROM {image}")
+    find(hadolint.scan(repo), code, "infra/mlflow/Dockerfile", "FROM")
 
 
 @requires_kubectl
@@ -341,22 +469,43 @@ def test_credentials_in_a_url_or_runtime_env_are_caught(repo):
 # ---- the command line --------------------------------------------------------------------
 
 
-def cli(*args, cwd=ROOT):
+def cli(*args, cwd=ROOT, module=False):
+    """`python infra/check ARGS` (or, from infra/, `python -m check ARGS`)."""
     env = {**os.environ, "RAYLG_KUBERAY_CRDS": str(CRDS)}
-    return subprocess.run([sys.executable, "-m", "raylg.infra", *args], cwd=cwd, env=env,
+    command = ["-m", "check"] if module else [str(ROOT / "infra" / "check")]
+    return subprocess.run([sys.executable, *command, *args], cwd=cwd, env=env,
                           capture_output=True, text=True)
 
 
 @requires_kubectl
 @requires_crds
+@requires_checkov
+@requires_hadolint
 def test_cli_exit_codes_and_output(repo):
     clean = cli("check", str(ROOT / "infra" / "overlays" / "single-gpu"))
     assert clean.returncode == 0, clean.stdout + clean.stderr
     edit(repo, RAYJOB, lambda d: cluster(d)["authOptions"].update(mode="disabled"))
     edit(repo, MLFLOW, lambda d: spec(d).update(type="LoadBalancer"), "Service")
-    broken = cli("check", str(repo / "infra" / "overlays" / "single-gpu"))
+    edit(repo, MLFLOW, lambda d: mlflow_container(d)["securityContext"].update(privileged=True), "Deployment")
+    replace_text(repo, "infra/mlflow/Dockerfile", "FROM python:3.11.13-slim-bookworm", "FROM python")
+    broken = cli(str(repo / "infra" / "overlays" / "single-gpu"))  # `check` is the default
     assert broken.returncode == 1
     assert "infra/base/sweep/rayjob.yaml: RayJob/raylg-sweep spec.rayClusterSpec.authOptions.mode:" in broken.stdout
     assert "infra/base/common/mlflow.yaml: Service/mlflow spec.type:" in broken.stdout
+    assert ("infra/base/common/mlflow.yaml: Deployment/mlflow "
+            "spec.template.spec.containers[0].securityContext.privileged:") in broken.stdout
+    assert "[CKV_K8S_16]" in broken.stdout
+    assert "infra/mlflow/Dockerfile: line 6 FROM:" in broken.stdout and "[DL3006]" in broken.stdout
     listing = cli("rules")
-    assert listing.returncode == 0 and "ray-token-auth" in listing.stdout
+    assert listing.returncode == 0 and "ray-token-auth" in listing.stdout and "CKV_K8S_14" in listing.stdout
+
+
+@requires_kubectl
+def test_cli_runs_as_a_module_from_infra_and_says_when_a_tool_is_missing():
+    without = cli("overlays/single-gpu", "--without", "checkov", "--without", "hadolint",
+                  cwd=ROOT / "infra", module=True)
+    assert without.returncode == 0, without.stdout + without.stderr
+    env = {**os.environ, "CHECKOV": "", "PATH": os.path.dirname(kubectl()), "XDG_CACHE_HOME": "/nonexistent"}
+    missing = subprocess.run([sys.executable, str(ROOT / "infra" / "check"), "--without", "hadolint"],
+                             cwd=ROOT, env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and "checkov not found" in missing.stderr, missing.stderr

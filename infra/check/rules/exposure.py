@@ -1,9 +1,10 @@
 """Nothing is reachable from outside the cluster: ClusterIP services only, no node ports,
-no load balancers, no ingress, no host networking. Users come in with `kubectl port-forward`."""
+no load balancers, no ingress. Users come in with `kubectl port-forward`. (Host networking
+and host ports are checkov's CKV_K8S_19 and CKV_K8S_26, on the Ray pods too.)"""
 
 from __future__ import annotations
 
-from ..walk import containers, get, pod_specs, ray_cluster_specs
+from ..walk import get, ray_cluster_specs
 
 EXPOSING_KINDS = ("Ingress", "Route", "Gateway", "HTTPRoute", "GRPCRoute", "TCPRoute")
 
@@ -33,15 +34,6 @@ def services_cluster_ip(bundle):
 
 
 def no_external_exposure(bundle):
-    """No Ingress/Route/Gateway objects, host networking or host ports."""
+    """No Ingress, Route or Gateway objects (Gateway API and OpenShift included)."""
     for res in bundle.of_kind(*EXPOSING_KINDS):
         yield bundle.at(res, ("kind",), f"a {res.kind} exposes services outside the cluster")
-    for res in bundle.objects:
-        for path, pod, _role in pod_specs(res):
-            if pod.get("hostNetwork") is True:
-                yield bundle.at(res, (*path, "hostNetwork"), "puts the pod on the node's network")
-        for path, container, _role in containers(res):
-            for i, port in enumerate(container.get("ports") or []):
-                if isinstance(port, dict) and port.get("hostPort"):
-                    yield bundle.at(res, (*path, "ports", i, "hostPort"),
-                                    "opens the port on the node")

@@ -6,26 +6,26 @@ field: the last patch that touches it, else the resource file that defines the o
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from .tools import ToolMissing, find
+
 KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 
 
-class KubectlMissing(RuntimeError):
+class KubectlMissing(ToolMissing):
     """kubectl is not installed (or not on PATH / $KUBECTL)."""
 
 
 def kubectl() -> str:
-    found = os.environ.get("KUBECTL") or shutil.which("kubectl")
-    if not found:
-        raise KubectlMissing("kubectl not found: install it (Debian package `kubectl`) or set $KUBECTL")
-    return found
+    try:
+        return find("kubectl", "KUBECTL", "install it (Debian package `kubectl`)")
+    except ToolMissing as exc:
+        raise KubectlMissing(str(exc)) from None
 
 
 def render(target: Path) -> list[dict]:

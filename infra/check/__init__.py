@@ -1,13 +1,15 @@
-"""Offline validation of raylg's Kubernetes deployment (infra/).
+"""Offline validation of raylg's Kubernetes deployment (infra/): a development tool
+beside the manifests, not part of the raylg package.
 
-    python -m raylg.infra check infra/overlays/single-gpu      # one overlay
-    python -m raylg.infra check                                # every overlay in infra/overlays
-    python -m raylg.infra rules                                # what is checked
+    python infra/check                                  # every overlay and Dockerfile
+    python infra/check infra/overlays/single-gpu        # one overlay (and the Dockerfiles)
+    python infra/check rules                            # what is checked, and by which tool
 
-`check` renders the overlay with `kubectl kustomize`, runs every rule in
-raylg.infra.rules.RULES over the result (and over infra/'s Dockerfiles and
-pyproject.toml), and reports every violation with the file and field to fix, not just
-the first. Nothing here talks to a cluster.
+It renders an overlay with `kubectl kustomize`, runs the rules in rules.RULES over the
+result (and over infra/'s Dockerfiles and pyproject.toml), runs checkov's Kubernetes
+policies over the same objects (the pods KubeRay will create included, see projection.py)
+and hadolint over the Dockerfiles, and reports every violation with the file and field to
+fix, not just the first. Nothing here talks to a cluster.
 """
 
 from __future__ import annotations
