@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from raylg import checkpoint
@@ -33,7 +34,12 @@ def _resolve(path: str) -> tuple[Path, str]:
     """(the safetensors file to read, a note on what trained it)."""
     p = Path(path)
     if p.is_file() and p.suffix == ".safetensors":
-        return p, ""
+        try:  # a run's student.safetensors names its model in the metadata
+            with safe_open(str(p), framework="pt") as f:
+                model = (f.metadata() or {}).get("model")
+        except Exception:
+            model = None
+        return p, (f" (exported from model {model!r})" if model else "")
     if p.is_dir():
         ckpt = checkpoint.find(p) or checkpoint.find(p / "checkpoints" / "last")
         if ckpt is not None:
