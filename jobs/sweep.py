@@ -7,7 +7,10 @@ bundled digits, with no network.
     RAY_AUTH_MODE=token ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/sweep.py
 
 Joins the cluster at RAY_ADDRESS when set (ray job submit sets it), else starts a local Ray.
-Running the same sweep name again resumes it: finished trials are not re-run.
+Running the same sweep name again resumes it: finished trials are not re-run. Prints the
+trials' table, the verdict (arms x settings: mean ± std over seeds, paired difference against
+the baseline arm) and every failed trial's error; exits 1 when any trial failed (a trial the
+scheduler stopped early has not failed), 2 on bad input.
 """
 
 from __future__ import annotations
@@ -38,19 +41,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
         from raylg import config as config_lib
         from raylg.preflight import preflight
         from raylg.ray import report, spec, sweep
+        from raylg.ray.teachers import TeacherStageError
         from raylg.tracking import TrackingError
 
         overrides = config_lib.parse_set(args.overrides)
         overrides.update(extra)
         s = spec.load(args.config, overrides, check=preflight)
         rows = sweep.run(s)
-    except USER_ERRORS + (sweep.SweepError, TrackingError) as e:
+    except USER_ERRORS + (sweep.SweepError, TrackingError, TeacherStageError) as e:
         cli.fail(e)
     paths = sweep.Paths.of(s)
     uri = s.spec.mlflow_uri or sweep.default_uri(paths.local)
-    print("\n" + report.table(rows))
+    print("\n" + report.closing_text(s, rows))
+    if s.spec.arms or s.spec.seeds:
+        print(f"\nverdict files:   {paths.local / report.VERDICT}.{{md,csv,json,png}}")
     print(f"\nMLflow tracking: {uri}  (experiment {s.spec.name!r})")
     print(f"open the UI:     mlflow ui --backend-store-uri {uri} --port 5000   then http://127.0.0.1:5000")
+    failed = [r for r in rows if r["status"] == "FAILED"]
+    if failed:
+        print(f"\nerror: {len(failed)} of {len(rows)} trials failed", file=sys.stderr)
+        raise SystemExit(1)
     return rows
 
 

@@ -1,15 +1,19 @@
-"""After a sweep: honest closing statuses, per-trial artifacts, and the sweep's table and plot.
+"""After a sweep: honest closing statuses, per-trial artifacts, the trials' table and the verdict.
 
 ASHA ends a trial's function abruptly, so a trial cannot close its own MLflow run. The
 driver does it here, from Tune's results: FAILED for errored trials, FINISHED otherwise,
 with a `raylg.stopped_early` tag for those ASHA stopped. Each child run gets the best
 student's weights (safetensors, from the best Ray checkpoint) and its learning curves; the
-parent gets the summary table and best val top-1 against beta per student.
+parent gets the trials' table, best val top-1 against beta per student and, when the sweep
+has arms or seeds, the verdict (raylg.ray.verdict) as Markdown, CSV, JSON and a plot, which
+are also written to the sweep's directory.
 """
 
 from __future__ import annotations
 
+import csv
 import io
+import math
 import re
 import tempfile
 from pathlib import Path
@@ -17,10 +21,13 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
+from raylg.ray import verdict as verdict_lib
+from raylg.ray.spec import ARM, SEED
 from raylg.tracking import STOPPED_EARLY, Tracker
 
 CLOSED = "raylg.closed"
-COLUMNS = ("trial", "student", "beta", "best_val_top1", "epochs", "stopped_early", "status")
+COLUMNS = ("trial", "student", "beta", "best_val_top1", "test_top1", "epochs", "stopped_early", "status")
+VERDICT = "verdict"  # verdict.md / .csv / .json / .png in the sweep's directory and on the parent run
 
 
 def _trial_id(result) -> str | None:
@@ -31,25 +38,49 @@ def _trial_id(result) -> str | None:
     return m.group(1) if m else None
 
 
+def first_error_line(error) -> str:
+    """The line of a trial's error that says what went wrong (the exception's own message, not
+    the Ray wrappers or traceback frames around it)."""
+    lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+    msgs = [l for l in lines if not l.startswith(("File ", "Traceback", "^", "~", "ray::", "The above exception", "During handling"))
+            and ("Error" in l.split(":")[0] or "Exception" in l.split(":")[0] or "Loss" in l.split(":")[0])]
+    return (msgs[-1] if msgs else (lines[-1] if lines else type(error).__name__))[:400]
+
+
 def summarize(sweep, grid) -> list[dict[str, Any]]:
     rows = []
     for result in grid:
         df = result.metrics_dataframe
         has = df is not None and len(df) and "val/top1" in df
         epochs = int(df["epochs_done"].max()) if has else 0
-        cfg = sweep.trial_config(result.config or {})
+        params = result.config or {}
+        cfg = sweep.trial_config(params)
+        last = result.metrics or {}
+        error = result.error
         rows.append({
             "trial": _trial_id(result),
+            "arm": params.get(ARM), "seed": params.get(SEED), **{k: params.get(k) for k in sweep.swept},
             "student": cfg.model.name,
             "beta": cfg.guidance.locality.beta,
             "best_val_top1": float(df["val/top1"].max()) if has else float("nan"),
+            "test_top1": float(last["test/top1"]) if isinstance(last.get("test/top1"), (int, float)) else float("nan"),
             "epochs": epochs,
-            "stopped_early": result.error is None and epochs < sweep.max_t,
-            "status": "FAILED" if result.error is not None else "FINISHED",
+            "stopped_early": error is None and epochs < sweep.max_t,
+            "status": "FAILED" if error is not None else "FINISHED",
+            "error": first_error_line(error) if error is not None else "",
+            "log": _error_log(result) if error is not None else "",
             "_best_checkpoint": _best_checkpoint(result, df) if has else None,
             "_curves": df[[c for c in ("epochs_done", "val/top1", "train/ce", "train/lg") if c in df]] if has else None,
         })
-    return sorted(rows, key=lambda r: (r["student"], r["beta"], r["trial"] or ""))
+    arm_order = {a: i for i, a in enumerate(sweep.spec.arms)}
+    return sorted(rows, key=lambda r: (arm_order.get(r["arm"], 0), [str(r[k]) for k in sweep.swept], r["student"], r["beta"],
+                                       r["seed"] if r["seed"] is not None else 0, r["trial"] or ""))
+
+
+def _error_log(result) -> str:
+    path = str(result.path)
+    local = Path(path) / "error.txt"
+    return str(local) if local.is_file() else path
 
 
 def _best_checkpoint(result, df):
@@ -119,16 +150,69 @@ def _beta_png(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'trial':13s} {'student':24s} {'beta':>5s} {'best val top-1':>14s} {'epochs':>6s} {'stopped early':>13s} {'status':>8s}"
-    lines = [head, "-" * len(head)]
+def table(rows: list[dict[str, Any]], fields: list[str] = (), arms: bool = False, seeds: bool = False) -> str:
+    """The trials, one line each: arm, seed and every swept field, then the figures."""
+    cols = (["trial"] + (["arm"] if arms else []) + (["seed"] if seeds else []) + list(fields) +
+            [c for c in ("student", "beta") if c not in fields] + ["best val top-1", "test top-1", "epochs", "status"])
+
+    def cell(r, c):
+        if c == "best val top-1":
+            return f"{r['best_val_top1']:.2f}"
+        if c == "test top-1":
+            return "–" if math.isnan(r["test_top1"]) else f"{r['test_top1']:.2f}"
+        if c == "status":
+            return "stopped early" if r["stopped_early"] else r["status"].lower()
+        v = r.get(c)
+        return "?" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
+
+    body = [[cell(r, c) for c in cols] for r in rows]
+    widths = [max(len(x) for x in [c] + [b[i] for b in body]) for i, c in enumerate(cols)]
+    fmt = lambda cells: "  ".join(x.ljust(w) for x, w in zip(cells, widths)).rstrip()
+    return "\n".join([fmt(cols), "-" * len(fmt(cols))] + [fmt(b) for b in body])
+
+
+def failures(rows: list[dict[str, Any]]) -> str:
+    """One paragraph per failed trial: what it was, the first line of its error, its log."""
+    out = []
     for r in rows:
-        lines.append(f"{r['trial'] or '?':13s} {r['student']:24s} {r['beta']:5g} {r['best_val_top1']:14.2f} {r['epochs']:6d} "
-                     f"{'yes' if r['stopped_early'] else 'no':>13s} {r['status']:>8s}")
-    return "\n".join(lines)
+        if r["status"] == "FAILED":
+            what = ", ".join(f"{k} {r[k]}" for k in r if not k.startswith("_") and k in ("arm", "seed") and r[k] is not None)
+            out.append(f"trial {r['trial']} FAILED{f' ({what})' if what else ''}: {r['error']}\n  log: {r['log']}")
+    return "\n".join(out)
 
 
-def finish(sweep, grid, tracker: Tracker, experiment_id: str, parent_id: str) -> list[dict[str, Any]]:
+def closing_text(sweep, rows: list[dict[str, Any]]) -> str:
+    """What a sweep prints at the end: the trials, the verdict (with arms or seeds), the failures."""
+    parts = [table(rows, sweep.swept, bool(sweep.spec.arms), bool(sweep.spec.seeds))]
+    if sweep.spec.arms or sweep.spec.seeds:
+        v = verdict_lib.verdict(rows, sweep.swept, sweep.baseline_arm, list(sweep.spec.arms))
+        parts.append("verdict (mean ± sample std over seeds that ran to the end):\n" +
+                     verdict_lib.text(v, sweep.swept, sweep.baseline_arm))
+    failed = failures(rows)
+    if failed:
+        parts.append(failed)
+    return "\n\n".join(parts)
+
+
+def write_verdict(sweep, rows: list[dict[str, Any]], out_dir: Path) -> tuple[str, list[Path]]:
+    """The verdict as text (returned) and as files in out_dir: Markdown, CSV, JSON and a plot."""
+    fields = sweep.swept
+    v = verdict_lib.verdict(rows, fields, sweep.baseline_arm, list(sweep.spec.arms))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for suffix, content in ((".md", verdict_lib.markdown(v, fields, sweep.baseline_arm)), (".csv", verdict_lib.to_csv(v, fields)),
+                            (".json", verdict_lib.to_json(v, rows, fields, sweep.baseline_arm))):
+        path = out_dir / f"{VERDICT}{suffix}"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(content)
+        tmp.replace(path)
+        files.append(path)
+    if any(x["n"] for x in v):
+        files.append(verdict_lib.plot(v, rows, fields, out_dir / f"{VERDICT}.png"))
+    return verdict_lib.text(v, fields, sweep.baseline_arm), files
+
+
+def finish(sweep, grid, tracker: Tracker, experiment_id: str, parent_id: str, out_dir: Path) -> list[dict[str, Any]]:
     rows = summarize(sweep, grid)
     runs = tracker.trial_runs(experiment_id, parent_id)
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,15 +232,25 @@ def finish(sweep, grid, tracker: Tracker, experiment_id: str, parent_id: str) ->
             tracker.set_tags(run_id, {STOPPED_EARLY: str(row["stopped_early"]).lower(), CLOSED: "1",
                                       "raylg.best_val_top1": f"{row['best_val_top1']:.4f}"})
             tracker.log_metrics(run_id, {"best/val/top1": row["best_val_top1"], "epochs_run": row["epochs"]}, step=row["epochs"])
+            if row["error"]:
+                tracker.set_tags(run_id, {"raylg.error": row["error"]})
             tracker.close(run_id, row["status"])
-        text = table(rows)
+        clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+        text = table(clean, sweep.swept, bool(sweep.spec.arms), bool(sweep.spec.seeds))
         tracker.client.log_text(parent_id, text + "\n", "summary.txt")
-        csv = io.StringIO()
-        csv.write(",".join(COLUMNS) + "\n")
-        for r in rows:
-            csv.write(",".join(str(r[c]) for c in COLUMNS) + "\n")
-        tracker.client.log_text(parent_id, csv.getvalue(), "summary.csv")
+        cols = ["trial", "arm", "seed", *sweep.swept, *[c for c in COLUMNS[1:] if c not in sweep.swept], "error"]
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(cols)
+        for r in clean:
+            writer.writerow([r.get(c) for c in cols])
+        tracker.client.log_text(parent_id, buf.getvalue(), "summary.csv")
         if any(r["status"] != "FAILED" for r in rows):
             tracker.client.log_artifact(parent_id, str(_beta_png(rows, tmp / "val_top1_vs_beta.png")))
+        if sweep.spec.arms or sweep.spec.seeds:
+            vtext, files = write_verdict(sweep, clean, out_dir)
+            for f in files:
+                tracker.client.log_artifact(parent_id, str(f))
+            tracker.client.log_text(parent_id, vtext + "\n", f"{VERDICT}.txt")
     tracker.close(parent_id, "FINISHED")
-    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    return clean

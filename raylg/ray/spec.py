@@ -1,18 +1,25 @@
-"""A sweep file: a base run config, a search space over its dotted fields, ASHA, resources.
+"""A sweep file: a base run config, arms, seeds, a search space over its dotted fields, ASHA.
 
     name: digits-lg
     run_config: ../digits-tiny.yaml      # the base run config (relative to this file)
     set: {schedule.epochs: 12}           # fixed overrides of the base
+    arms:                                # name -> overrides; every arm runs every point and seed
+      baseline: {guidance.locality.beta: 0}
+      lg: {}
+    baseline_arm: baseline               # the arm the verdict compares the others with
+    seeds: [1, 2, 3]                     # replicates; a seed sets each of seed_fields
+    seed_fields: [run.seed, data.split_seed]
     space:                               # any config field; grid | choice | uniform | loguniform | randint
-      guidance.locality.beta: {grid: [0, 0.5, 2.5]}
-      model.name: {grid: [deit_micro_patch4_32, pvt_v2_micro]}
-    teacher: {config: ../teacher-digits-tiny.yaml}   # or {path: runs/t/teacher.safetensors}
+      data.per_class: {grid: [20, 50]}
+    teacher: {config: ../teacher-digits-tiny.yaml}   # a teacher per data setting; or {path: t.safetensors}
     metric: val/top1
-    asha: {grace_period: 3, reduction_factor: 2}
+    asha: {grace_period: 3, reduction_factor: 2}     # or `asha: off`: every trial runs to the end
     resources: {workers: 0, cpus_per_worker: 1, gpus_per_worker: 0}
 
-Loading checks every key and every value of the space against the run config before any
-trial starts (unknown fields, empty choices, values out of range such as beta < 0).
+Trials are arms x seeds x the space's points (x num_samples). Loading checks everything
+before any trial starts: every key and value of the space and of each arm against the run
+config, the guidance terms of every arm x space combination against its student, arms that
+override a swept field, a baseline_arm that names no arm, empty or repeated seeds.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 
 @dataclass
 class AshaSpec:
+    enabled: bool = True  # `asha: off` in a sweep file: every trial runs to max_t (what an evidence sweep wants)
     max_t: int = 0  # 0 = the run's schedule.epochs
     grace_period: int = 0  # 0 = max(1, ceil(schedule.warmup_epochs)): guidance is not judged mid-warmup
     reduction_factor: float = 2.0
@@ -47,10 +55,16 @@ class ResourcesSpec:
     gpus_per_worker: float = 0.0
 
 
+# the fields of a trial's config that its teacher learns from too: a teacher per data setting
+TEACHER_INHERITS = ["data.name", "data.root", "data.per_class", "data.split_seed", "data.val_fraction"]
+
+
 @dataclass
 class TeacherSpec:
-    path: str = ""  # an existing teacher (.safetensors with its card)
-    config: str = ""  # or a teacher run config: trained once per sweep, cached by data fingerprint
+    path: str = ""  # one fixed teacher (.safetensors with its card), checked against every trial's data
+    config: str = ""  # or a teacher run config: one teacher per distinct (config, data), trained before the trials
+    set: dict[str, Any] = field(default_factory=dict)  # overrides of that config for every teacher
+    inherit: list[str] = field(default_factory=lambda: list(TEACHER_INHERITS))  # fields each teacher takes from its trial
 
 
 @dataclass
@@ -59,6 +73,10 @@ class SweepSpec:
     run_config: str = ""  # base run config file (relative to the sweep file); "" = the defaults
     set: dict[str, Any] = field(default_factory=dict)
     space: dict[str, Any] = field(default_factory=dict)
+    arms: dict[str, Any] = field(default_factory=dict)  # name -> {dotted field: value}; {} = one unnamed arm
+    baseline_arm: str = ""  # "" = the arm named "baseline", if any
+    seeds: list[int] | None = None  # None = no seed axis (the run config's seed)
+    seed_fields: list[str] = field(default_factory=lambda: ["run.seed", "data.split_seed"])
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
     metric: str = "val/top1"
     num_samples: int = 1  # repeats of the grid (random distributions are sampled this many times)
@@ -71,11 +89,18 @@ class SweepSpec:
     failures: int = 2  # worker failures a trial survives (it resumes from its latest checkpoint)
 
 
+ARM, SEED = "arm", "seed"  # Tune param keys beside the space's dotted fields (no dot: never a config field)
+
+
 @dataclass
 class Sweep:
     spec: SweepSpec
     base: Any  # the resolved run Config every trial starts from
     source: Path | None
+
+    @property
+    def asha(self) -> bool:
+        return self.spec.asha.enabled
 
     @property
     def max_t(self) -> int:
@@ -89,8 +114,26 @@ class Sweep:
     def mode(self) -> str:
         return METRICS[self.spec.metric]
 
+    @property
+    def baseline_arm(self) -> str | None:
+        s = self.spec
+        return s.baseline_arm or ("baseline" if "baseline" in s.arms else None)
+
+    @property
+    def swept(self) -> list[str]:
+        """The space's fields, in the file's order: with arm and seed, what tells trials apart."""
+        return list(self.spec.space)
+
+    def overrides(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A trial's overrides of the base: its arm's, its seed's, then its space values."""
+        out = dict(self.spec.arms.get(params.get(ARM), {}) or {})
+        if SEED in params:
+            out.update({f: params[SEED] for f in self.spec.seed_fields})
+        out.update({k: v for k, v in params.items() if k not in (ARM, SEED)})
+        return out
+
     def trial_config(self, params: dict[str, Any]):
-        return config_lib.apply_overrides(self.base, params)
+        return config_lib.apply_overrides(self.base, self.overrides(params))
 
 
 def _values_to_check(key: str, dist: str, arg: Any) -> list[Any]:
@@ -145,6 +188,8 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     names a teacher)."""
     source = Path(path).resolve() if path else None
     data = config_lib.read_yaml(source) if source else {}
+    if data.get("asha") in (False, "off", "false"):  # YAML reads `off` as false
+        data["asha"] = {"enabled": False}
     spec = config_lib.apply_overrides(config_lib.from_dict(SweepSpec, data), overrides or {})
     if spec.metric not in METRICS:
         raise ConfigError(f"metric: {spec.metric!r} is not a metric the trainer reports for selection "
@@ -158,6 +203,7 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         raise ConfigError("resources.gpus_per_worker needs resources.workers >= 1 (workers: 0 runs on the CPU in-process)")
     if spec.num_samples < 1 or spec.max_concurrent < 1:
         raise ConfigError(f"num_samples and max_concurrent must be >= 1, got {spec.num_samples}, {spec.max_concurrent}")
+    _check_arms_and_seeds(spec)
     if spec.asha.reduction_factor <= 1:
         raise ConfigError(f"asha.reduction_factor: {spec.asha.reduction_factor} must be > 1")
     rc = spec.run_config
@@ -168,13 +214,68 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         raise ConfigError(f"base {str(base_path)!r} with set {spec.set}: {e}") from None
     if check is not None and (spec.teacher.path or spec.teacher.config):
         check = functools.partial(check, teacher=True)  # every trial gets the sweep's teacher: check LG's map too
-    if check is not None:
-        check(base)
-    check_space(spec.space, base, check)
+    for arm, overrides in (spec.arms or {None: {}}).items():  # every arm x every point of the space
+        where = f"arms.{arm}: " if arm is not None else ""
+        try:
+            arm_base = config_lib.apply_overrides(base, overrides)
+            if spec.seeds:
+                arm_base = config_lib.apply_overrides(arm_base, {f: spec.seeds[0] for f in spec.seed_fields})
+            if check is not None:
+                check(arm_base)
+            check_space(spec.space, arm_base, check)
+        except ValueError as e:
+            raise ConfigError(f"{where}{e}") from None
+    _check_teacher(spec, base)
     sweep = Sweep(spec, base, source)
-    if not 1 <= sweep.grace_period <= sweep.max_t:
+    if sweep.asha and not 1 <= sweep.grace_period <= sweep.max_t:
         raise ConfigError(f"asha.grace_period: {sweep.grace_period} must be in [1, max_t={sweep.max_t}]")
     return sweep
+
+
+def _check_arms_and_seeds(spec: SweepSpec) -> None:
+    for arm, overrides in spec.arms.items():
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"arms.{arm}: expected a mapping of dotted fields to values ({{}} for none), got {overrides!r}")
+        both = sorted(set(overrides) & set(spec.space))
+        if both:
+            raise ConfigError(f"arms.{arm} overrides {', '.join(both)}, which space also sweeps; "
+                              f"an arm fixes what the space varies, so set it in one place only")
+        fixed = sorted(set(overrides) & set(spec.seed_fields)) if spec.seeds is not None else []
+        if fixed:
+            raise ConfigError(f"arms.{arm} overrides {', '.join(fixed)}, which seeds set (seed_fields)")
+    if spec.baseline_arm and spec.baseline_arm not in spec.arms:
+        raise ConfigError(f"baseline_arm: {spec.baseline_arm!r} names no arm (arms: {', '.join(spec.arms) or 'none'})")
+    if spec.seeds is not None:
+        if not spec.seeds:
+            raise ConfigError("seeds: an empty list runs no trial; give at least one seed or leave seeds out")
+        repeated = sorted({s for s in spec.seeds if spec.seeds.count(s) > 1})
+        if repeated:
+            raise ConfigError(f"seeds: {repeated} repeated; each seed is one replicate")
+        if not spec.seed_fields:
+            raise ConfigError("seed_fields: empty, so the seeds would change nothing; name run.seed at least")
+        swept = sorted(set(spec.seed_fields) & set(spec.space))
+        if swept:
+            raise ConfigError(f"space sweeps {', '.join(swept)}, which seeds set (seed_fields); use one or the other")
+
+
+RANDOM = ("uniform", "loguniform", "randint")
+
+
+def _check_teacher(spec: SweepSpec, base) -> None:
+    t = spec.teacher
+    if t.path and t.config:
+        raise ConfigError("teacher: give path (one fixed teacher) or config (a teacher per data setting), not both")
+    fields = config_lib.flatten(base)
+    unknown = [k for k in t.inherit if k not in fields]
+    if unknown:
+        raise ConfigError(f"teacher.inherit: {', '.join(unknown)} not a field of the run config")
+    if not (t.path or t.config):
+        return
+    for key in t.inherit:
+        entry = spec.space.get(key)
+        if isinstance(entry, dict) and next(iter(entry), None) in RANDOM:
+            raise ConfigError(f"space.{key}: the teacher learns from this field (teacher.inherit), so it must be swept "
+                              f"with grid or choice: the driver trains every trial's teacher before the trials start")
 
 
 def relative(sweep: Sweep, path: str) -> Path:

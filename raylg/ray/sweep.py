@@ -1,14 +1,14 @@
 """The sweep driver: Ray Tune + ASHA over a run config, each trial a Ray Train run.
 
-Order of work: check everything (spec, teacher, MLflow, cluster resources, a resumed
-sweep's identity) before any trial starts; train or reuse the sweep's one teacher; run Tune
+Order of work: check everything (spec, MLflow, cluster resources, a resumed sweep's
+identity, a fixed teacher against every trial's data) before any trial starts; train or
+reuse a teacher per data setting (raylg.ray.teachers); run Tune over arms x seeds x the space
 (or restore it when the sweep directory already holds this sweep); then close every MLflow
-child run with an honest status and log the sweep's table and plot on the parent run.
+child run with an honest status and log the trials' table and the verdict on the parent run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -20,8 +20,9 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from raylg import config as config_lib, teacher as teacher_lib
-from raylg.ray.spec import Sweep, relative
+from raylg import config as config_lib, storage
+from raylg.ray import teachers as teachers_lib
+from raylg.ray.spec import ARM, SEED, Sweep, relative
 from raylg.ray.trainer import EPOCHS_DONE, make_trainer
 from raylg.tracking import Tracker, check_reachable, default_uri
 
@@ -58,7 +59,10 @@ def identity(sweep: Sweep) -> dict[str, Any]:
     """What makes a sweep the same sweep: its space and the config its trials start from."""
     s = sweep.spec
     return {"space": s.space, "base": config_lib.flatten(sweep.base), "metric": s.metric, "num_samples": s.num_samples,
-            "asha": {"max_t": sweep.max_t, "grace_period": sweep.grace_period, "reduction_factor": s.asha.reduction_factor}}
+            "arms": s.arms, "seeds": s.seeds, "seed_fields": s.seed_fields if s.seeds else None,
+            "teacher": {"path": s.teacher.path, "config": s.teacher.config, "set": s.teacher.set, "inherit": s.teacher.inherit},
+            "asha": {"enabled": s.asha.enabled, "max_t": sweep.max_t, "grace_period": sweep.grace_period,
+                     "reduction_factor": s.asha.reduction_factor}}
 
 
 def check_identity(sweep: Sweep, paths: Paths) -> bool:
@@ -69,7 +73,7 @@ def check_identity(sweep: Sweep, paths: Paths) -> bool:
     old = json.loads(f.read_text())
     new = json.loads(json.dumps(identity(sweep)))
     diffs = []
-    for part in ("space", "metric", "num_samples", "asha"):
+    for part in ("space", "metric", "num_samples", "asha", "arms", "seeds", "seed_fields", "teacher"):
         if old.get(part) != new[part]:
             diffs.append(f"{part}: was {old.get(part)!r}, now {new[part]!r}")
     for k in sorted(set(old["base"]) | set(new["base"])):
@@ -118,43 +122,37 @@ def concurrency(sweep: Sweep) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# the sweep's one teacher
+# teachers
 
 
-def resolve_teacher(sweep: Sweep, paths: Paths, log=print) -> str:
-    """Path of the sweep's teacher, hash-checked: given, cached for this data, or trained now."""
-    t = sweep.spec.teacher
-    if t.path:
-        p = relative(sweep, t.path)
-        teacher_lib.verify(p)
-        return str(p.resolve())
-    if sweep.base.teacher.path:
-        teacher_lib.verify(sweep.base.teacher.path)
-        return str(Path(sweep.base.teacher.path).resolve())
-    if not t.config:
+@dataclass
+class Teachers:
+    fixed: str = ""  # one teacher for every trial (teacher.path)
+    by_request: dict[str, str] | None = None  # teacher request id -> published weights URI (teacher.config)
+
+    def for_trial(self, sweep: Sweep, cfg) -> str:
+        """The trial's teacher.path: "" when its guidance uses no teacher."""
+        if not teachers_lib.uses_teacher(cfg):
+            return ""
+        if self.fixed:
+            return self.fixed
+        if self.by_request:
+            req = teachers_lib.request_id(teachers_lib.teacher_config(sweep, cfg))
+            return storage.join(self.by_request[req], teachers_lib.WEIGHTS)
         return ""
-    from raylg import data
-    from raylg.fit import fit
 
-    # the teacher learns the students' images: same dataset, subset and split as the base config
-    same_data = {k: v for k, v in config_lib.flatten(sweep.base).items()
-                 if k in ("data.name", "data.root", "data.per_class", "data.split_seed", "data.val_fraction")}
-    tcfg = config_lib.load(relative(sweep, t.config), same_data)
-    fingerprint = data.build(tcfg.data).fingerprint("train")
-    key = hashlib.sha256(json.dumps([config_lib.flatten(tcfg), fingerprint], sort_keys=True, default=str).encode()).hexdigest()[:16]
-    cache = paths.local.parent / "_teachers" / key
-    weights = cache / "teacher.safetensors"
-    if weights.is_file() and weights.with_suffix(".json").is_file():
-        card = teacher_lib.verify(weights)
-        if card["fingerprint"] == fingerprint:
-            log(f"teacher: reusing {weights} (val top-1 {card['val_top1']:.2f}%)")
-            return str(weights)
-    log(f"teacher: training {tcfg.model.name} on {tcfg.data.name} once for this sweep -> {weights}")
-    tcfg = config_lib.apply_overrides(tcfg, {"run.out_dir": str(cache.parent), "run.name": key, "run.progress": False})
-    fit(tcfg, cache)
-    weights, card = teacher_lib.publish(cache)
-    log(f"teacher: val top-1 {card['val_top1']:.2f}%")
-    return str(weights)
+
+def resolve_teachers(sweep: Sweep, paths: Paths, log=print) -> Teachers:
+    """Before any trial: check the fixed teacher against every trial's data, or train and
+    publish (or reuse) a teacher per data setting."""
+    t = sweep.spec.teacher
+    fixed = str(relative(sweep, t.path).resolve()) if t.path else sweep.base.teacher.path
+    if fixed:
+        teachers_lib.check_fixed(sweep, fixed)
+        return Teachers(fixed=str(Path(fixed).resolve()))
+    if not t.config:
+        return Teachers()
+    return Teachers(by_request=teachers_lib.run(sweep, paths.storage, log))
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,21 +167,38 @@ def _distribution(entry: dict[str, Any]):
 
 
 def param_space(sweep: Sweep) -> dict[str, Any]:
-    # Tune splits nested dicts on "/", never on ".": dotted keys stay flat
-    return {k: _distribution(v) for k, v in sweep.spec.space.items()}
+    """Arms x seeds x the space. Tune splits nested dicts on "/", never on ".": dotted keys stay flat."""
+    s = sweep.spec
+    out: dict[str, Any] = {}
+    if s.arms:
+        out[ARM] = tune.grid_search(list(s.arms))
+    if s.seeds:
+        out[SEED] = tune.grid_search(list(s.seeds))
+    return {**out, **{k: _distribution(v) for k, v in s.space.items()}}
 
 
-def _trial_fn(sweep: Sweep, paths: Paths, teacher_path: str, tracking: dict[str, Any] | None):
+def trial_tags(sweep: Sweep, params: dict[str, Any], cfg) -> dict[str, Any]:
+    """What the MLflow UI filters and groups by: arm, seed, every swept field, the student, beta."""
+    guided = bool(cfg.teacher.path) or cfg.guidance.locality.source == "shards"
+    tags = {"student": cfg.model.name, "beta": cfg.guidance.locality.beta if guided else 0.0,
+            "dataset": cfg.data.name, "per_class": cfg.data.per_class, "git_commit": _git_commit()}
+    if ARM in params:
+        tags["arm"] = params[ARM]
+    if SEED in params:
+        tags["seed"] = params[SEED]
+    tags.update({k: params[k] for k in sweep.swept if k in params})
+    return tags
+
+
+def _trial_fn(sweep: Sweep, paths: Paths, teachers: Teachers, tracking: dict[str, Any] | None):
     r = sweep.spec.resources
 
     def trial(params: dict[str, Any]) -> None:
         trial_id = tune.get_context().get_trial_id()
-        overrides = {**params, "run.name": trial_id, "run.progress": False, "run.out_dir": str(paths.local / "trials")}
-        if teacher_path:
-            overrides["teacher.path"] = teacher_path
-        cfg = sweep.trial_config(overrides)
-        tags = {"student": cfg.model.name, "beta": cfg.guidance.locality.beta if (cfg.teacher.path or cfg.guidance.locality.source == "shards") else "none",
-                "dataset": cfg.data.name, "per_class": cfg.data.per_class, "git_commit": _git_commit()}
+        cfg = sweep.trial_config(params)
+        cfg = config_lib.apply_overrides(cfg, {"run.name": trial_id, "run.progress": False, "run.out_dir": str(paths.local / "trials"),
+                                               "teacher.path": teachers.for_trial(sweep, cfg)})
+        tags = trial_tags(sweep, params, cfg)
         loop_config = {"cfg": config_lib.flatten(cfg), "run_dir": str(paths.local / "trials" / trial_id), "in_tune": True,
                        "tracking": None if tracking is None else {**tracking, "trial_id": trial_id, "tags": tags}}
         trainer = make_trainer(loop_config, name=trial_id, storage=f"{paths.storage}/{sweep.spec.name}/train",
@@ -210,7 +225,7 @@ def _tuner(sweep: Sweep, paths: Paths, trainable, resume: bool) -> tune.Tuner:
     if resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     asha = ASHAScheduler(time_attr=EPOCHS_DONE, max_t=sweep.max_t, grace_period=sweep.grace_period,
-                         reduction_factor=sweep.spec.asha.reduction_factor)
+                         reduction_factor=sweep.spec.asha.reduction_factor) if sweep.asha else None
     return tune.Tuner(
         trainable,
         param_space=param_space(sweep),
@@ -238,23 +253,25 @@ def run(sweep: Sweep, *, log=print) -> list[dict[str, Any]]:
     check_reachable(uri)
     _init_ray(uri)
     check_resources(sweep)
-    teacher_path = resolve_teacher(sweep, paths, log)
+    teachers = resolve_teachers(sweep, paths, log)
     (paths.local / SWEEP_FILE).write_text(json.dumps(identity(sweep), indent=2, default=str))
 
     tracker = Tracker(uri)
     exp = tracker.experiment(sweep.spec.name, None if uri.startswith("http") else (paths.local / "mlartifacts").resolve().as_uri())
     parent = tracker.parent_run(exp, sweep.spec.name, {**{f"space.{k}": v for k, v in sweep.spec.space.items()},
-                                                       "metric": sweep.spec.metric, "asha.max_t": sweep.max_t,
-                                                       "asha.grace_period": sweep.grace_period,
-                                                       "teacher": teacher_path or "none"})
+                                                       "metric": sweep.spec.metric, "asha": sweep.asha,
+                                                       "asha.max_t": sweep.max_t, "asha.grace_period": sweep.grace_period,
+                                                       "arms": json.dumps(sweep.spec.arms), "baseline_arm": sweep.baseline_arm or "none",
+                                                       "seeds": sweep.spec.seeds or "none",
+                                                       "teacher": teachers.fixed or sweep.spec.teacher.config or "none"})
     tracking = {"uri": uri, "experiment_id": exp, "parent_id": parent}
     log(f"sweep {sweep.spec.name}: {'resuming' if resume else 'starting'}; storage {paths.storage}/{sweep.spec.name}; MLflow {uri}")
     try:
-        grid = _tuner(sweep, paths, _trial_fn(sweep, paths, teacher_path, tracking), resume).fit()
+        grid = _tuner(sweep, paths, _trial_fn(sweep, paths, teachers, tracking), resume).fit()
     except BaseException:
         tracker.close(parent, "FAILED")
         raise
-    return report.finish(sweep, grid, tracker, exp, parent)
+    return report.finish(sweep, grid, tracker, exp, parent, paths.local)
 
 
 def _init_ray(mlflow_uri: str) -> None:

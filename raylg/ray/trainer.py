@@ -19,8 +19,9 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from raylg import config as config_lib
+from raylg import config as config_lib, storage
 from raylg.fit import Hooks, fit
+from raylg.ray import teachers
 
 
 EPOCHS_DONE = "epochs_done"  # ASHA's time attribute: survives trial restarts, unlike an iteration counter
@@ -83,6 +84,8 @@ def train_loop(config: dict[str, Any], hooks_cls: type[RayHooks] = RayHooks) -> 
     _threads(config.get("cpus", 1))
     session = Session(config.get("report_to", "train"))
     cfg = config_lib.unflatten(config["cfg"])
+    if storage.is_s3(cfg.teacher.path):  # a published teacher: copied once into this node's cache
+        cfg = config_lib.apply_overrides(cfg, {"teacher.path": teachers.fetch(storage.parent(cfg.teacher.path))})
     tracker, run_id = None, None
     tr = config.get("tracking")
     if tr and session.rank == 0:
