@@ -1,6 +1,7 @@
 """python infra/check [check] [TARGET ...] | rules   (or, from infra/: python -m check ...)
 
-Exit status: 0 when nothing is wrong, 1 on any violation, 2 when a tool is missing.
+Exit status: 0 when nothing is wrong, 1 on any violation, 2 when a target or a tool is
+missing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ if not __package__:  # run as `python infra/check`: make the folder importable a
 
 from . import check_bundle, checkov, hadolint, overlays  # noqa: E402
 from .bundle import find_root, load  # noqa: E402
+from .kustomize import kustomization_file  # noqa: E402
 from .rules import DELEGATED, RULES, rule_name, rule_summary  # noqa: E402
 from .tools import ToolMissing  # noqa: E402
 
@@ -65,6 +67,10 @@ def main(argv=None) -> int:
     if not targets:
         print("no targets: pass a kustomization directory, or run inside the repository", file=sys.stderr)
         return 2
+    for target in targets:
+        if kustomization_file(Path(target)) is None:
+            print(f"error: {target} is not a kustomization directory (no kustomization.yaml)", file=sys.stderr)
+            return 2
     options = {k: v for k, v in (("crds", args.crds), ("kubernetes_version", args.kubernetes_version)) if v}
     total = 0
     try:
@@ -76,7 +82,7 @@ def main(argv=None) -> int:
             total += _report(str(target), violations)
         if "hadolint" not in args.without:
             total += _report("infra/ Dockerfiles", hadolint.scan(root))
-    except ToolMissing as exc:
+    except (ToolMissing, RuntimeError) as exc:  # a checker missing, or one that gave no report
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{total} violation(s) in {len(targets)} target(s)")
