@@ -71,11 +71,11 @@ def test_pair_scores_are_per_class_scaled_dot_products():
     head = PairScores(channels=18, k=9)
     tokens = torch.randn(2, 5, 18)
     out = head(tokens)
-    assert out.shape == (2, 9, 5, 5) and head.dim == 2
+    assert out.shape == (2, 5, 5, 9) and head.dim == 2
     for k in (0, 4, 8):
         q = tokens @ head.q.weight[2 * k:2 * k + 2].T
         key = tokens @ head.key.weight[2 * k:2 * k + 2].T
-        assert torch.allclose(out[:, k], q @ key.transpose(1, 2) / math.sqrt(2), atol=1e-6)
+        assert torch.allclose(out[..., k], q @ key.transpose(1, 2) / math.sqrt(2), atol=1e-6)
 
 
 def test_relation_and_position_losses_are_the_heads_ce():
@@ -88,14 +88,14 @@ def test_relation_and_position_losses_are_the_heads_ce():
     ctx = Context(batch={}, logits=None, tokens=tokens)
     flat = tokens.flatten(2).transpose(1, 2)
     loss, stats = rel(ctx)
-    want = F.cross_entropy(rel.head(flat), relation_targets(torch.arange(64).expand(3, -1), 8))
+    want = F.cross_entropy(rel.head(flat).permute(0, 3, 1, 2), relation_targets(torch.arange(64).expand(3, -1), 8))
     assert torch.allclose(stats["ce"], want) and torch.allclose(loss, 0.5 * want)
     loss, stats = pos(ctx)
     want = F.cross_entropy(pos.head(flat).transpose(1, 2), torch.arange(64).expand(3, -1))
     assert torch.allclose(stats["ce"], want) and torch.allclose(loss, want)
     assert 0 <= stats["acc"] <= 100
     loss, stats = dist(ctx)
-    want = F.mse_loss(dist.head(flat)[:, 0], distance_targets(torch.arange(64).expand(3, -1), 8, 8))
+    want = F.mse_loss(dist.head(flat)[..., 0], distance_targets(torch.arange(64).expand(3, -1), 8, 8))
     assert torch.allclose(stats["mse"], want) and torch.allclose(loss, 0.5 * want)
 
 

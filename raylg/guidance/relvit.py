@@ -50,7 +50,8 @@ def distance_targets(positions: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 class PairScores(nn.Module):
-    """k scaled dot-product score maps over token pairs: B x N x C -> B x k x N x N."""
+    """k scaled dot-product scores per token pair: B x N x C -> B x N x N x k (classes last, so the
+    loss and argmax run over contiguous rows)."""
 
     def __init__(self, channels: int, k: int):
         super().__init__()
@@ -62,9 +63,9 @@ class PairScores(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         B, N, _ = tokens.shape
-        q = self.q(tokens).view(B, N, self.k, self.dim).transpose(1, 2)  # B x k x N x d
+        q = (self.q(tokens) / math.sqrt(self.dim)).view(B, N, self.k, self.dim).transpose(1, 2)  # B x k x N x d
         key = self.key(tokens).view(B, N, self.k, self.dim).transpose(1, 2)
-        return q @ key.transpose(-1, -2) / math.sqrt(self.dim)
+        return (q @ key.transpose(-1, -2)).permute(0, 2, 3, 1).contiguous()
 
 
 class _RelvitTask(nn.Module):
@@ -95,8 +96,8 @@ class SpatialRelations(_RelvitTask):
 
     def forward(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         tokens, positions = self._tokens(ctx)
-        logits = self.head(tokens).float()  # B x 9 x N x N
-        target = relation_targets(positions, self.grid[1])
+        logits = self.head(tokens).float().flatten(0, 2)  # B*N*N pairs x 9
+        target = relation_targets(positions, self.grid[1]).flatten()
         ce = F.cross_entropy(logits, target)
         acc = (logits.argmax(1) == target).float().mean() * 100.0
         return self.weight * ce, {"ce": ce.detach(), "acc": acc.detach()}
@@ -109,9 +110,9 @@ class AbsolutePositions(_RelvitTask):
 
     def forward(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         tokens, positions = self._tokens(ctx)
-        logits = self.head(tokens).float().transpose(1, 2)  # B x N classes x N tokens
-        ce = F.cross_entropy(logits, positions)
-        acc = (logits.argmax(1) == positions).float().mean() * 100.0
+        logits = self.head(tokens).float().flatten(0, 1)  # B*N tokens x N positions
+        ce = F.cross_entropy(logits, positions.flatten())
+        acc = (logits.argmax(1) == positions.flatten()).float().mean() * 100.0
         return self.weight * ce, {"ce": ce.detach(), "acc": acc.detach()}
 
 
@@ -122,7 +123,7 @@ class PairDistances(_RelvitTask):
 
     def forward(self, ctx: Context) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         tokens, positions = self._tokens(ctx)
-        pred = self.head(tokens)[:, 0].float()  # B x N x N
+        pred = self.head(tokens)[..., 0].float()  # B x N x N
         mse = F.mse_loss(pred, distance_targets(positions, *self.grid))
         return self.weight * mse, {"mse": mse.detach()}
 
