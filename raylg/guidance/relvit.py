@@ -146,7 +146,8 @@ class PatchShuffle:
     """Per image, permute the h x w blocks of the image that the final token grid covers (their
     ``--shuffle_patches``) and record in ``batch["patch_positions"]`` which original block each
     slot now holds. Removes the position-embedding shortcut of the RelViT tasks in the
-    self-supervised stage. Permutations come from torch's RNG (checkpointed: exact resume)."""
+    self-supervised stage. The task applies it before both passes, so an online teacher (LG) sees
+    the same shuffled image. Permutations come from torch's RNG (checkpointed: exact resume)."""
 
     def __init__(self, grid: tuple[int, int]):
         self.grid = (int(grid[0]), int(grid[1]))
