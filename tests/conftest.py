@@ -119,6 +119,9 @@ class RayHead:
         subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
                         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
                         "--ray-client-server-port", str(free_port()), "--num-cpus", "4", "--num-gpus", "0",
+                        # the node's other listeners too: another Ray on this machine holds the defaults
+                        "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+                        "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
                         "--temp-dir", str(self.temp), "--disable-usage-stats"],
                        env=self.env, check=True, capture_output=True, timeout=180)
 
