@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     extra = {k: v for k, v in (("run.out_dir", args.out), ("run.name", args.name)) if v}
     if args.resume:
         extra["run.resume"] = True
+    cfg = run_dir = None
     try:
         from raylg.fit import fit
         from raylg.preflight import preflight
@@ -37,8 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
         preflight(cfg)
         run_dir = Path(cfg.run.out_dir) / cfg.run.name
         summary = fit(cfg, run_dir)
-    except USER_ERRORS as e:
-        cli.fail(e)
+    except USER_ERRORS as e:  # a diverging run (NonFiniteLoss) among them: exit 1, naming its checkpoint
+        cli.fail(e, cfg=cfg, run_dir=run_dir)
     best = summary["best"]
     print(f"\n{cfg.model.name} on {cfg.data.name}: best val top-1 {best['val/top1']:.2f}% (epoch {best['epoch'] + 1})"
           + (f", test top-1 {summary['test/top1']:.2f}%" if "test/top1" in summary else ""))

@@ -10,9 +10,11 @@ what differs, unless it fits the run:
   same rule as an online teacher); when teacher.path is also set, its weights are the ones
   the features came from; teacher.img_size matches; every guided stage is stored;
 - the features cover the run's training images: either the manifest's dataset fingerprint
-  is the run's and the shards hold exactly its indices, or the features were computed on a
-  larger set of the same dataset and split (e.g. per_class=0) and hold every index the run
-  needs, with the same labels.
+  is the run's and the shards hold exactly its indices, or the manifest describes a larger
+  selection of the same dataset and split (per_class 0 or a larger per_class, more images)
+  and the shards hold every index the run needs, with the same labels. Any other difference
+  between the two fingerprints (e.g. the same selection with another sha256) is refused,
+  naming the fields that differ.
 """
 
 from __future__ import annotations
@@ -62,6 +64,14 @@ def _differs(a: dict, b: dict) -> dict:
     return {k: (a.get(k), b.get(k)) for k in FINGERPRINT_KEYS if a.get(k) != b.get(k)}
 
 
+def _larger_selection(ds: dict, fingerprint: dict) -> bool:
+    """The manifest describes a larger selection of the run's dataset and split than the run's own
+    (the only way a differing fingerprint can still describe the run's images)."""
+    ours, theirs = fingerprint.get("per_class") or 0, ds.get("per_class") or 0
+    more = (ds.get("count") or 0) > (fingerprint.get("count") or 0)
+    return more and (theirs == 0 or (ours != 0 and theirs > ours))
+
+
 def check_teacher(m: dict, cfg, fingerprint: dict, num_classes: int) -> None:
     t, where = m["teacher"], m["uri"]
     try:
@@ -108,6 +118,14 @@ def check_coverage(store: FeatureStore, fingerprint: dict, indices: np.ndarray, 
             raise FeatureError(f"the features {where!r} were computed on other training images than this run ({lines}) and "
                                f"lack {int((~ok).sum())} of the run's {len(indices)} indices "
                                f"(e.g. {indices[~ok][:5].tolist()}, shards {shards})")
+        if not _larger_selection(ds, fingerprint):
+            raise FeatureError(f"the features {where!r} were computed on other training images than this run ({lines}): "
+                               "features whose dataset fingerprint differs from the run's serve it only when they cover a "
+                               "larger selection of the same data (per_class 0 or a larger per_class, more images); "
+                               "re-run jobs/precompute_features.py on this run's data")
+        if ds.get("count") != store.rows:
+            raise FeatureError(f"the features {where!r}: the manifest's dataset fingerprint counts {ds.get('count')} images but "
+                               f"its shards hold {store.rows} rows ({shards})")
         how = f"subset: the run's {len(indices)} images of the {store.rows} in the shards"
     got = store.labels(indices)
     bad = np.flatnonzero(got != np.asarray(labels))
