@@ -7,7 +7,8 @@
     teacher.forward_stages(x32)  # [16x32x32, 32x16x16, 64x8x8]
 
 Importing this package registers raylg's own models (resnet*_cifar, deit_*_patch4_32,
-pvt_v2_micro, t2t_vit_7/14, pvt_tiny, cct_7_3x1_32) with timm, so ``timm.create_model`` builds them by name too.
+pvt_v2_micro, t2t_vit_7/14, pvt_tiny, cct_7_3x1_32,
+cvt_13, cvt_13_s2_32) with timm, so ``timm.create_model`` builds them by name too.
 """
 
 from .errors import ModelError

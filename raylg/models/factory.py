@@ -2,7 +2,7 @@
 
 A student is any timm model whose class has a raylg family (raylg.models.families): plain
 ViTs (DeiT and raylg's patch-4 variants), ConViT, PiT, PVTv2, and raylg's own T2T-ViT,
-PVT v1 and CCT. ``STUDENTS`` lists the ones raylg tests and has layer maps for. The family
+PVT v1, CCT and CvT. ``STUDENTS`` lists the ones raylg tests and has layer maps for. The family
 decides whether the builder takes ``img_size`` (PVTv2 takes none: its padded conv
 embeddings fit any size) and whether the image size fits the patch grid.
 
@@ -23,7 +23,7 @@ from timm.models import is_model, list_models, model_entrypoint
 from torch import nn
 
 from ..config import ModelConfig
-from . import resnet_cifar, students, walks  # noqa: F401  (register models and families)
+from . import cvt, resnet_cifar, students, walks  # noqa: F401  (register models and families)
 from .errors import ModelError
 from .families import Family, find_family, supported_classes
 
@@ -39,16 +39,20 @@ STUDENTS: tuple[str, ...] = (
     # beyond the paper: a larger T2T-ViT, and CCT (the accuracy anchor at native 32 px)
     "t2t_vit_14",
     "cct_7_3x1_32",
+    # beyond the paper's table, in the reference's configs: CvT-13, and its 32 px variant
+    "cvt_13",
+    "cvt_13_s2_32",
     # CPU-sized students for presets, tests and CPU sweeps
     "deit_micro_patch4_32",
     "pvt_v2_micro",
 )
 TEACHERS: tuple[str, ...] = ("resnet56_cifar", "resnet20_cifar", "resnet18_cifar")
-_STUDENT_LIKE = ["deit_*", "vit_*", "pit_*", "pvt_v2_*", "convit_*", "t2t_vit_*", "pvt_tiny", "cct_*"]  # spelling hints only
+_STUDENT_LIKE = ["deit_*", "vit_*", "pit_*", "pvt_v2_*", "convit_*", "t2t_vit_*", "pvt_tiny", "cct_*", "cvt_*"]  # spelling hints only
 
 # Parameter counts (millions) as the papers publish them, and the (img_size, num_classes)
 # they are counted at. Ours (param_count): DeiT-Ti 5.72, PiT-Ti 4.85, PVTv2-b0 3.67,
-# ConViT-Ti 5.71, T2T-ViT-7 4.26, T2T-ViT-14 21.47, PVT-Tiny 13.23, CCT-7/3x1 3.760.
+# ConViT-Ti 5.71, T2T-ViT-7 4.26, T2T-ViT-14 21.47, PVT-Tiny 13.23, CCT-7/3x1 3.760,
+# CvT-13 19.997 (19,997,480, what the official code builds).
 PUBLISHED_PARAMS: dict[str, float] = {
     "deit_tiny_patch16_224": 5.7,
     "pit_ti_224": 4.9,
@@ -58,6 +62,7 @@ PUBLISHED_PARAMS: dict[str, float] = {
     "t2t_vit_14": 21.5,
     "pvt_tiny": 13.2,
     "cct_7_3x1_32": 3.76,
+    "cvt_13": 20.0,  # Wu et al. 2021, Table 2: 20M
 }
 PUBLISHED_AT: dict[str, tuple[int, int]] = {name: (224, 1000) for name in PUBLISHED_PARAMS} | {"cct_7_3x1_32": (32, 10)}
 

@@ -11,6 +11,14 @@ last block): ``deit_micro_patch4_32`` (4 blocks) -> 0, 2, 3 like DeiT-Ti's 0, 6,
 ``pvt_v2_micro`` (1 block per stage) -> 0, 1, 3 like PVTv2-b0's 0, 3, 7 (first block,
 end of stage 1, last block). At 32px input a PVT's last stage is 1x1, as it is for
 PVTv2-b0; the MSE then compares it with the teacher's 8x8 map resized up.
+
+CvT-13 (``cvt_13``, ``cvt_13_s2_32``: depths 1/2/10, flat blocks 0 | 1-2 | 3-12) takes the
+reference's own map, ``DISTILLATION.INTER_STUDENT_INDEX: [0, 6, 11]`` in lkhl/tiny-transformers'
+``configs/cvt/cvt-13_c100_ours.yaml`` (teacher stages [0, 1, 2], beta 2.5), whose indices
+count the same flat blocks (its hooks sit on every CvT Block in stage order): block 0 is stage
+1's only block (64 channels, stride 4), blocks 6 and 11 are stage 3's 4th and 9th (384
+channels, stride 16); stage 2 is not guided. At 224 px: 56x56, 14x14, 14x14 maps against the
+teacher's 32x32, 16x16, 8x8; at 32 px cvt_13 gives 8x8, 2x2, 2x2 and cvt_13_s2_32 16x16, 4x4, 4x4.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ LAYER_MAPS: dict[str, tuple[int, ...]] = {
     "pvt_v2_b0": (0, 3, 7),  # PVTv2-b0: depths 2/2/2/2, dims 32/64/160/256
     "convit_tiny": (0, 6, 11),  # ConViT-Ti: 12 blocks (10 GPSA), dim 192
     "cct_7_": (0, 3, 6),  # CCT-7: 7 blocks, dim 256, all 16x16 at 32px (raylg's choice, as T2T-ViT-7)
+    "cvt_13": (0, 6, 11),  # CvT-13: depths 1/2/10, dims 64/192/384 (the reference's map; also cvt_13_s2_32)
     "deit_micro_patch4_32": (0, 2, 3),  # CPU student: 4 blocks, dim 64
     "pvt_v2_micro": (0, 1, 3),  # CPU student: depths 1/1/1/1, dims 32/48/64/96
 }

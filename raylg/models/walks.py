@@ -7,9 +7,10 @@
   walks step through stages and blocks explicitly, mirroring the model's own
   ``forward_features`` line by line, and collect flat block indices (PiT-Ti: 2+6+4 blocks,
   PVTv2-b0: 2+2+2+2). No forward hooks: they break under DDP, compile and checkpointing.
-- raylg's own students (T2T-ViT, PVT v1, CCT) number ``forward_intermediates`` by flat
-  block (PVT v1: 2+2+2+2), so they take timm's walk; their per-block ``feature_info``
-  gives widths and the total stride an image size must divide by.
+- raylg's own students (T2T-ViT, PVT v1, CCT, CvT) number ``forward_intermediates`` by flat
+  block (PVT v1: 2+2+2+2, CvT-13: 1+2+10), so they take timm's walk; their per-block
+  ``feature_info`` gives widths and the total stride an image size must divide by (CvT's
+  padded conv embeddings take any size that leaves every stage a token: the model says).
 
 Each walk is checked against the model's own forward in tests/test_models.py (raylg's own
 students in tests/test_students_extra.py).
@@ -32,6 +33,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .cct import CCT
+from .cvt import CvT
 from .families import Family, register_family
 from .pvt_v1 import PyramidVisionTransformer
 from .t2t_vit import T2TViT
@@ -189,3 +191,11 @@ _RAYLG_VIT = dict(walk=_timm_walk, channels=_info_channels, size_error=_stride_e
 register_family(T2TViT, Family(name="t2t_vit", tokens=_prefixed_tokens, **_RAYLG_VIT))
 register_family(PyramidVisionTransformer, Family(name="pvt_v1", tokens=_pvt_v1_tokens, **_RAYLG_VIT))
 register_family(CCT, Family(name="cct", tokens=_prefixed_tokens, **_RAYLG_VIT))
+
+
+def _cvt_size_error(model: CvT, img_size: int) -> Optional[str]:
+    return model.size_error(img_size)
+
+
+register_family(CvT, Family(name="cvt", walk=_timm_walk, channels=_info_channels, size_error=_cvt_size_error,
+                            tokens=_prefixed_tokens))
