@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | fashion_mnist | cifar10 | cifar100 | flowers102 | imagefolder
+    name: str = "digits"  # digits | fashion_mnist | cifar10 | cifar100 | flowers102 | chaoyang | tiny_imagenet | imagefolder
     root: str = ""  # "" = the dataset's default location (or download cache)
     download: bool = True  # CIFAR: fetch into the cache when missing and the network allows
     img_size: int = 32  # student input side; 224 is the paper's upsampled setting

@@ -8,7 +8,7 @@ Loaders register themselves in DATASETS (name -> loader(cfg) -> Source); importi
 package imports them all.
 """
 
-from . import cifar, digits, flowers, idx, imagefolder  # noqa: F401  (register the loaders)
+from . import chaoyang, cifar, digits, flowers, idx, imagefolder, tiny_imagenet  # noqa: F401  (register the loaders)
 from .bundle import DataBundle, build
 from .dataset import ImageDataset
 from .errors import DataError
