@@ -67,11 +67,16 @@ def s3_server():
             proc.wait()
 
 
+# The session's S3 credentials (moto accepts any): distinctive, so tests can look for leaks of them.
+S3_ACCESS_KEY_ID = "AKIARAYLG" + __import__("secrets").token_hex(6).upper()
+S3_SECRET_ACCESS_KEY = "s3secret-" + __import__("secrets").token_hex(16)
+
+
 @pytest.fixture
 def s3_env(s3_server, monkeypatch):
     """Point boto3 and pyarrow at the moto server with test credentials; returns the endpoint."""
-    for key, value in {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY_ID,
+                       "AWS_SECRET_ACCESS_KEY": S3_SECRET_ACCESS_KEY, "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(key, value)
     for key in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
         monkeypatch.delenv(key, raising=False)
@@ -110,15 +115,19 @@ class RayHead:
         self.temp = Path(__import__("tempfile").mkdtemp(prefix="rlg", dir="/tmp"))  # short: unix socket paths
         self.port, self.dashboard_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.client_port = free_port()
+        self.client_address = f"ray://127.0.0.1:{self.client_port}"
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         self.env = {**__import__("os").environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
                     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600", "RAY_USAGE_STATS_ENABLED": "0"}
         if s3_endpoint:  # the nodes know the object store, as a KubeRay pod's env does (infra/)
-            self.env.update(AWS_ENDPOINT_URL=s3_endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                            AWS_DEFAULT_REGION="us-east-1")
+            self.env.update(AWS_ENDPOINT_URL=s3_endpoint, AWS_ACCESS_KEY_ID=S3_ACCESS_KEY_ID,
+                            AWS_SECRET_ACCESS_KEY=S3_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION="us-east-1")
+        # ... and MLflow's client credentials (the `mlflow_auth_server` user), as infra/ sets them from a Secret
+        self.env.update(MLFLOW_TRACKING_USERNAME=MLFLOW_USER, MLFLOW_TRACKING_PASSWORD=MLFLOW_PASSWORD)
         subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
                         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-                        "--ray-client-server-port", str(free_port()), "--num-cpus", "4", "--num-gpus", "0",
+                        "--ray-client-server-port", str(self.client_port), "--num-cpus", "4", "--num-gpus", "0",
                         # the node's other listeners too: another Ray on this machine holds the defaults
                         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
                         "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
@@ -176,3 +185,109 @@ def ray_head(tmp_path_factory, s3_server):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# --- MLflow tracking servers (`mlflow server`), started by the tests that need one ------------
+
+# The sweep's MLflow user on the basic-auth server; the Ray head's nodes have these in their env.
+MLFLOW_USER = "sweeper-" + _secrets.token_hex(4)
+MLFLOW_PASSWORD = "mlflowpw-" + _secrets.token_hex(16)
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 (a free port, sqlite store and artifacts in its own dir),
+    optionally with `--app-name basic-auth` (admin from MLFLOW_AUTH_ADMIN_*, one sweep user).
+    Started in its own process group, which is stopped by the PID of the process started here."""
+
+    def __init__(self, root: Path, auth: bool = False):
+        import json
+        import os
+        import subprocess
+        import time
+        import urllib.request
+
+        self.root, self.auth = root, auth
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "AWS_"))}
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job runner (8 more processes); runs don't need it
+        cmd = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")]
+        if auth:
+            self.admin = ("admin", "adminpw-" + _secrets.token_hex(16))
+            (root / "basic_auth.ini").write_text(
+                "[mlflow]\ndefault_permission = READ\n"
+                f"database_uri = sqlite:///{root / 'auth.db'}\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                "auth_cache_ttl_seconds = 300\n")  # else every request pays a PBKDF2 hash (seconds on a busy CPU)
+            env.update(MLFLOW_AUTH_CONFIG_PATH=str(root / "basic_auth.ini"), MLFLOW_AUTH_ADMIN_USERNAME=self.admin[0],
+                       MLFLOW_AUTH_ADMIN_PASSWORD=self.admin[1], MLFLOW_FLASK_SERVER_SECRET_KEY=_secrets.token_hex(16))
+            cmd += ["--app-name", "basic-auth"]
+        self.log = root / "server.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=2).read()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"mlflow server did not start on {self.url}: {self.log.read_text()[-2000:]}")
+                time.sleep(0.5)
+        if auth:  # the sweep's own (non-admin) user, as infra/README.md has it created
+            self.request("POST", "/api/2.0/mlflow/users/create", {"username": MLFLOW_USER, "password": MLFLOW_PASSWORD},
+                         auth=self.admin)
+
+    def request(self, method: str, path: str, body: dict | None = None, auth: tuple[str, str] | None = None):
+        """(HTTP status, body text) of one request, with basic auth when given."""
+        import base64
+        import json
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.url + path, method=method, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        if auth:
+            req.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def stop(self) -> None:
+        import os
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A plain `mlflow server` (no auth) for the session."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_auth_server(tmp_path_factory):
+    """`mlflow server --app-name basic-auth` for the session, with the user MLFLOW_USER."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-auth"), auth=True)
+    try:
+        yield server
+    finally:
+        server.stop()
