@@ -32,8 +32,8 @@ FAST = {"schedule.epochs": 2, "schedule.warmup_epochs": 1, "schedule.min_lr": 0.
         "model.name": "pvt_v2_micro"}
 
 
-def write_sweep(tmp_path: Path, teacher: Path, name: str, space: dict, **extra) -> Path:
-    spec = {"name": name, "run_config": str(TINY), "set": dict(FAST), "space": space, "teacher": {"path": str(teacher)},
+def write_sweep(tmp_path: Path, teacher_path: Path, name: str, space: dict, **extra) -> Path:
+    spec = {"name": name, "run_config": str(TINY), "set": dict(FAST), "space": space, "teacher": {"path": str(teacher_path)},
             "max_concurrent": 1, "asha": {"grace_period": 1, "reduction_factor": 2},
             "resources": {"workers": 0, "cpus_per_worker": 1}, "storage": str(tmp_path / "store")}
     for k, v in extra.items():
@@ -114,9 +114,14 @@ def test_sweep_with_its_storage_on_s3(ray_head, digits_teacher, s3_env, tmp_path
     s3.create_bucket(Bucket="sweeps")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     path = write_sweep(tmp_path, digits_teacher, "ons3", {"guidance.locality.beta": {"grid": [0.0, 2.5]}},
-                       storage="s3://sweeps/raylg", set={**FAST, "schedule.epochs": 1, "schedule.warmup_epochs": 0})
+                       storage="s3://sweeps/raylg", set={**FAST, "schedule.epochs": 1, "schedule.warmup_epochs": 0},
+                       teacher={"path": "", "config": str(ROOT / "jobs/configs/teacher-digits-tiny.yaml"),
+                                "set": {"schedule.epochs": 1, "run.max_train_batches": 3}})
     rows = sweep_lib.run(spec_lib.load(path))
     assert sorted(r["status"] for r in rows) == ["FINISHED", "FINISHED"]
+    published = [o["Key"] for o in s3.list_objects_v2(Bucket="sweeps", Prefix="raylg/_teachers/").get("Contents", [])]
+    (key,) = {k.split("/")[2] for k in published}  # the sweep's teacher, trained once and published to the bucket
+    assert sorted(k.split("/")[3] for k in published) == ["teacher.json", "teacher.safetensors"]
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="sweeps", Prefix="raylg/ons3/")
             for o in page.get("Contents", [])]
     trials = {k.split("/")[2] for k in keys if k.split("/")[2].startswith("trial_")}
@@ -130,6 +135,10 @@ def test_sweep_with_its_storage_on_s3(ray_head, digits_teacher, s3_env, tmp_path
     children = [r for r in client.search_runs([client.get_experiment_by_name("ons3").experiment_id])
                 if r.data.tags.get("raylg.role") == "trial"]
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    guided = {c.data.params["guidance.locality.beta"]: c for c in children}
+    assert guided["2.5"].data.params["teacher.path"] == f"s3://sweeps/raylg/_teachers/{key}/teacher.safetensors"
+    assert guided["2.5"].data.metrics["train/lg"] > 0  # the trial fetched it from the bucket and trained with it
+    assert guided["0.0"].data.params["teacher.path"] == ""
 
 
 def test_ddp_run_evaluates_the_test_split_on_rank_0(ray_head, tmp_path):

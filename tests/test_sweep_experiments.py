@@ -128,6 +128,12 @@ def test_next_sweep_reuses_the_teachers_and_a_diverging_arm_fails_the_job(experi
     failed = [l for l in out.stdout.splitlines() if " FAILED (arm diverge" in l]
     assert len(failed) == 2 and all("non-finite loss" in l for l in failed), out.stdout[-3000:]
     assert "error: 2 of 4 trials failed" in out.stderr
+    console = out.stdout + out.stderr  # one line per event; Ray's and Tune's routine logging goes to driver.log
+    for noise in ("Checkpoint successfully created", "snapshotting", "Running in local mode", "repeated", "TensorBoard"):
+        assert noise not in console, noise
+    assert console.count("): started") == 4 and console.count(" epoch 1/1: val top-1 ") == 2
+    assert console.count("): failed: ") == 2 and console.count("): finished") == 2
+    assert (tmp / "store" / "diverge" / "driver.log").stat().st_size > 0
     _, (parent,), kids = children(tmp / "store", "diverge")
     status = {(k.data.tags["arm"], k.data.tags["data.per_class"]): k.info.status for k in kids}
     assert status == {("lg", "20"): "FINISHED", ("lg", "40"): "FINISHED", ("diverge", "20"): "FAILED", ("diverge", "40"): "FAILED"}

@@ -22,6 +22,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from raylg import config as config_lib, storage
 from raylg.ray import teachers as teachers_lib
+from raylg.ray.console import Console, route_library_logs
 from raylg.ray.spec import ARM, SEED, Sweep, relative
 from raylg.ray.trainer import EPOCHS_DONE, make_trainer
 from raylg.tracking import Tracker, check_reachable, default_uri
@@ -219,7 +220,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _tuner(sweep: Sweep, paths: Paths, trainable, resume: bool) -> tune.Tuner:
+def _tuner(sweep: Sweep, paths: Paths, trainable, resume: bool, log=print) -> tune.Tuner:
     trainable = tune.with_resources(trainable, {"cpu": trial_cpus(sweep)})
     path = f"{paths.storage}/{sweep.spec.name}"
     if resume and tune.Tuner.can_restore(path):
@@ -232,7 +233,7 @@ def _tuner(sweep: Sweep, paths: Paths, trainable, resume: bool) -> tune.Tuner:
         tune_config=tune.TuneConfig(metric=sweep.spec.metric, mode=sweep.mode, scheduler=asha,
                                     num_samples=sweep.spec.num_samples, max_concurrent_trials=concurrency(sweep)),
         # in-process trials checkpoint through Tune: keep the best and (always) the latest
-        run_config=tune.RunConfig(name=sweep.spec.name, storage_path=paths.storage, verbose=0,
+        run_config=tune.RunConfig(name=sweep.spec.name, storage_path=paths.storage, verbose=0, callbacks=[Console(sweep, log)],
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=sweep.spec.metric,
                                                                           checkpoint_score_order=sweep.mode)),
     )
@@ -251,7 +252,8 @@ def run(sweep: Sweep, *, log=print) -> list[dict[str, Any]]:
     paths.local.mkdir(parents=True, exist_ok=True)
     uri = sweep.spec.mlflow_uri or default_uri(paths.local)
     check_reachable(uri)
-    _init_ray(uri)
+    route_library_logs(paths.local / "driver.log")
+    logs = _init_ray(uri)
     check_resources(sweep)
     teachers = resolve_teachers(sweep, paths, log)
     (paths.local / SWEEP_FILE).write_text(json.dumps(identity(sweep), indent=2, default=str))
@@ -263,26 +265,37 @@ def run(sweep: Sweep, *, log=print) -> list[dict[str, Any]]:
                                                        "asha.max_t": sweep.max_t, "asha.grace_period": sweep.grace_period,
                                                        "arms": json.dumps(sweep.spec.arms), "baseline_arm": sweep.baseline_arm or "none",
                                                        "seeds": sweep.spec.seeds or "none",
-                                                       "teacher": teachers.fixed or sweep.spec.teacher.config or "none"})
+                                                       "teacher": teachers.fixed or sweep.spec.teacher.config or "none"},
+                                key=f"{paths.storage}/{sweep.spec.name}")
     tracking = {"uri": uri, "experiment_id": exp, "parent_id": parent}
     log(f"sweep {sweep.spec.name}: {'resuming' if resume else 'starting'}; storage {paths.storage}/{sweep.spec.name}; MLflow {uri}")
+    log(f"logs: Ray, Tune and MLflow in {paths.local / 'driver.log'}; what trials print in {logs or 'the Ray head node logs'}")
     try:
-        grid = _tuner(sweep, paths, _trial_fn(sweep, paths, teachers, tracking), resume).fit()
+        grid = _tuner(sweep, paths, _trial_fn(sweep, paths, teachers, tracking), resume, log).fit()
     except BaseException:
         tracker.close(parent, "FAILED")
         raise
     return report.finish(sweep, grid, tracker, exp, parent, paths.local)
 
 
-def _init_ray(mlflow_uri: str) -> None:
-    if ray.is_initialized():
-        return
+def _init_ray(mlflow_uri: str) -> str:
+    """Join RAY_ADDRESS or start a local Ray; returns where its workers' logs are ("" if unknown).
+    Workers' output stays in those logs (log_to_driver off): the console gets raylg's lines only."""
+    if not ray.is_initialized():
+        _start_ray(mlflow_uri)
+    try:
+        return ray._private.worker.global_worker.node.get_logs_dir_path()
+    except Exception:  # a client connection, or Ray's internals moved
+        return ""
+
+
+def _start_ray(mlflow_uri: str) -> None:
     env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
            if k in os.environ}  # never credentials: nodes get those from their own environment or role
     env["MLFLOW_TRACKING_URI"] = mlflow_uri
     # a trial whose workers wait for nodes (autoscaling, other trials) waits instead of failing
     env.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900"))
     # the dashboard stays on: Ray Train's placement-group cleanup queries the state API through it
-    ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env})
+    ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env}, log_to_driver=False)
 
 

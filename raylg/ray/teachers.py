@@ -8,7 +8,8 @@ trial's resources (so on a cluster they spread over nodes), and publishes it und
 STORAGE/_teachers/KEY/: the weights first, the card last, so a key whose card is missing is
 not there and a half-written teacher is never seen. A published key is reused by every later
 sweep on the same storage. Each trial is handed its own teacher's URI and copies it into a
-node cache when it is on S3, verified against the card's sha256 either way.
+node cache when it is on S3 (RAYLG_TEACHER_CACHE, default $TMPDIR/raylg-teachers), verified
+against the card's sha256 either way.
 
 A sweep with one fixed teacher (`teacher.path`) gets it checked against every trial's data
 here instead, before any trial: the first point whose data the teacher did not learn from is
@@ -59,8 +60,11 @@ def teacher_config(sweep: Sweep, trial_cfg):
 
 
 def request_id(tcfg) -> str:
-    """The teacher config's identity, without the data fingerprint (what a trial can compute alone)."""
-    flat = {k: v for k, v in config_lib.flatten(tcfg).items() if k not in NOT_LEARNED}
+    """The teacher config's identity, without the data fingerprint (what a trial can compute
+    alone): the fields that differ from the config's defaults, so a field added to the config
+    later (at a default that changes nothing) does not orphan the teachers already published."""
+    defaults = config_lib.flatten(type(tcfg)())
+    flat = {k: v for k, v in config_lib.flatten(tcfg).items() if k not in NOT_LEARNED and v != defaults.get(k)}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -106,7 +110,6 @@ class Need:
     request: str
     config: Any  # the teacher run Config
     fingerprint: dict[str, Any]
-    point: dict[str, Any]  # the first trial point that asked for it
 
 
 def plan(sweep: Sweep) -> dict[str, Need]:
@@ -126,7 +129,7 @@ def plan(sweep: Sweep) -> dict[str, Need]:
         dkey = json.dumps(config_lib.flatten(tcfg.data), sort_keys=True, default=str)
         if dkey not in prints:
             prints[dkey] = data.build(tcfg.data).fingerprint("train")
-        needs[req] = Need(key_of(tcfg, prints[dkey]), req, tcfg, prints[dkey], point)
+        needs[req] = Need(key_of(tcfg, prints[dkey]), req, tcfg, prints[dkey])
     return needs
 
 
@@ -196,7 +199,7 @@ def fetch(uri: str, cache: Path | None = None) -> str:
         weights = Path(uri) / WEIGHTS
         teacher_lib.verify(weights)
         return str(weights)
-    cache = cache or Path(os.environ.get("RAYLG_CACHE", Path.home() / ".cache" / "raylg")) / "teachers"
+    cache = cache or Path(os.environ.get("RAYLG_TEACHER_CACHE") or Path(tempfile.gettempdir()) / "raylg-teachers")
     local = cache / storage.basename(uri)
     weights = local / WEIGHTS
     card = json.loads(storage.read_bytes(storage.join(uri, CARD)))
@@ -247,6 +250,9 @@ def run(sweep: Sweep, storage_root: str, log: Callable[[str], None] = print) -> 
     needs = plan(sweep)
     if not needs:
         return {}
+    flats = {req: config_lib.flatten(n.config) for req, n in needs.items()}
+    varying = [k for k in sweep.spec.teacher.inherit if len({json.dumps(f[k]) for f in flats.values()}) > 1] or ["data.per_class"]
+    what = lambda req: ", ".join(f"{k} {flats[req][k]}" for k in varying)  # the data setting, in the sweep's own terms
     out, todo = {}, []
     for req, need in needs.items():
         uri = storage.join(root(storage_root), need.key)
@@ -255,7 +261,7 @@ def run(sweep: Sweep, storage_root: str, log: Callable[[str], None] = print) -> 
         if card is not None and card.get("fingerprint") == need.fingerprint:
             if not storage.is_s3(uri):
                 teacher_lib.verify(Path(uri) / WEIGHTS)
-            log(f"teacher {need.key}: reusing ({describe(need.point)}; val top-1 {card['val_top1']:.2f}%)")
+            log(f"teacher {need.key}: reusing ({what(req)}; val top-1 {card['val_top1']:.2f}%)")
         else:
             todo.append(need)
     if not todo:
@@ -266,7 +272,7 @@ def run(sweep: Sweep, storage_root: str, log: Callable[[str], None] = print) -> 
     refs = {}
     for need in todo:
         log(f"teacher {need.key}: training {need.config.model.name} on {need.config.data.name} "
-            f"({describe(need.point)}; {need.config.schedule.epochs} epoch{'s' if need.config.schedule.epochs != 1 else ''})")
+            f"({what(need.request)}; {need.config.schedule.epochs} epoch{'s' if need.config.schedule.epochs != 1 else ''})")
         refs[task.remote(config_lib.flatten(need.config), storage_root, need.key, r.cpus_per_worker)] = need
     pending = list(refs)
     while pending:
@@ -278,6 +284,6 @@ def run(sweep: Sweep, storage_root: str, log: Callable[[str], None] = print) -> 
             for ref in pending:
                 ray.cancel(ref, force=True)
             first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            raise TeacherStageError(f"teacher {need.key} ({describe(need.point)}) failed to train: {first}") from None
+            raise TeacherStageError(f"teacher {need.key} ({what(need.request)}) failed to train: {first}") from None
         log(f"teacher {need.key}: val top-1 {card['val_top1']:.2f}% ({card['seconds']:.0f}s)")
     return out
