@@ -6,7 +6,8 @@ with a `raylg.stopped_early` tag for those ASHA stopped. Each child run gets the
 student's weights (safetensors, from the best Ray checkpoint) and its learning curves; the
 parent gets the trials' table, best val top-1 against beta per student and, when the sweep
 has arms or seeds, the verdict (raylg.ray.verdict) as Markdown, CSV, JSON and a plot, which
-are also written to the sweep's directory.
+are also written to the sweep's directory. The best trial that ran to the end (by the sweep's
+metric) has its student registered in the model registry as `raylg-<sweep name>` (register_best).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from raylg.ray.spec import ARM, SEED
 from raylg.tracking import STOPPED_EARLY, Tracker
 
 CLOSED = "raylg.closed"
+REGISTERED = "raylg.registered_model"  # on the parent run: NAME/VERSION of the registered best student
+STUDENT = "student.safetensors"  # each child run's best student (the registered artifact)
 COLUMNS = ("trial", "student", "beta", "best_val_top1", "test_top1", "epochs", "stopped_early", "status")
 VERDICT = "verdict"  # verdict.md / .csv / .json / .png in the sweep's directory and on the parent run
 
@@ -70,11 +73,17 @@ def summarize(sweep, grid) -> list[dict[str, Any]]:
             "error": first_error_line(error) if error is not None else "",
             "log": _error_log(result) if error is not None else "",
             "_best_checkpoint": _best_checkpoint(result, df) if has else None,
+            "_metric": _best(df, sweep.spec.metric, sweep.mode) if has and sweep.spec.metric in df else float("nan"),
             "_curves": df[[c for c in ("epochs_done", "val/top1", "train/ce", "train/lg") if c in df]] if has else None,
         })
     arm_order = {a: i for i, a in enumerate(sweep.spec.arms)}
     return sorted(rows, key=lambda r: (arm_order.get(r["arm"], 0), [str(r[k]) for k in sweep.swept], r["student"], r["beta"],
                                        r["seed"] if r["seed"] is not None else 0, r["trial"] or ""))
+
+
+def _best(df, metric: str, mode: str) -> float:
+    col = df[metric].dropna()
+    return float(col.max() if mode == "max" else col.min()) if len(col) else float("nan")
 
 
 def _error_log(result) -> str:
@@ -224,7 +233,7 @@ def finish(sweep, grid, tracker: Tracker, experiment_id: str, parent_id: str, ou
             run_id = run.info.run_id
             if run.data.tags.get(CLOSED) != "1":
                 if row["_best_checkpoint"]:
-                    w = _student_weights(row["_best_checkpoint"], tmp / "student.safetensors")
+                    w = _student_weights(row["_best_checkpoint"], tmp / STUDENT)
                     if w is not None:
                         tracker.client.log_artifact(run_id, str(w))
                 if row["_curves"] is not None:
@@ -252,5 +261,48 @@ def finish(sweep, grid, tracker: Tracker, experiment_id: str, parent_id: str, ou
             for f in files:
                 tracker.client.log_artifact(parent_id, str(f))
             tracker.client.log_text(parent_id, vtext + "\n", f"{VERDICT}.txt")
+    version = register_best(sweep, rows, clean, tracker, runs)
+    if version is not None:
+        tracker.set_tags(parent_id, {REGISTERED: f"{version.name}/{version.version}"})
     tracker.close(parent_id, "FINISHED")
     return clean
+
+
+def model_name(sweep) -> str:
+    return f"raylg-{sweep.spec.name}"
+
+
+def register_best(sweep, rows: list[dict[str, Any]], clean: list[dict[str, Any]], tracker: Tracker, runs: dict[str, Any]):
+    """Register the student of the best trial that ran to the end (by the sweep's metric; ties go
+    to the first in the trials' table) as a new version of `raylg-<sweep name>`, tagged with its
+    arm, student, beta, seed, swept fields, the metric and, with arms or seeds, its verdict row.
+    Nothing when no trial ran to the end or the best has no weights logged. Returns the ModelVersion."""
+    import json
+
+    done = [(r, c) for r, c in zip(rows, clean) if verdict_lib.completed(r) and math.isfinite(r["_metric"])
+            and r["trial"] in runs and STUDENT in {a.path for a in tracker.client.list_artifacts(runs[r["trial"]].info.run_id)}]
+    if not done:
+        return None
+    sign = 1 if sweep.mode == "max" else -1
+    best, best_clean = max(done, key=lambda rc: sign * rc[0]["_metric"])  # max() keeps the first of equals
+    run_id = runs[best["trial"]].info.run_id
+    tags = {"sweep": sweep.spec.name, "trial": best["trial"], "student": best["student"], "beta": best["beta"],
+            "metric": sweep.spec.metric, sweep.spec.metric: f"{best['_metric']:.4f}",
+            **({"arm": best["arm"]} if best.get("arm") is not None else {}),
+            **({"seed": best["seed"]} if best.get("seed") is not None else {}),
+            **{k: best.get(k) for k in sweep.swept}}
+    setting = ""
+    if sweep.spec.arms or sweep.spec.seeds:
+        v = verdict_lib.verdict(clean, sweep.swept, sweep.baseline_arm, list(sweep.spec.arms))
+        row = next((x for x in v if x["arm"] == best.get("arm") and all(x[f] == best_clean.get(f) for f in sweep.swept)), None)
+        if row is not None:
+            tags["verdict"] = json.dumps({k: (None if isinstance(x, float) and math.isnan(x) else x) for k, x in row.items()},
+                                         default=str)
+            setting = " | verdict: " + verdict_lib.text([row], sweep.swept, sweep.baseline_arm).splitlines()[-1]
+    what = ", ".join(f"{k} {tags[k]}" for k in ("arm", "student", "beta", "seed") if k in tags)
+    return tracker.register(
+        model_name(sweep), run_id, STUDENT, tags,
+        description=f"best trial of sweep {sweep.spec.name} by {sweep.spec.metric} ({best['_metric']:.2f}): {what}{setting}",
+        model_description=f"The best student of each raylg sweep named {sweep.spec.name!r} (by its metric, among trials that "
+                          f"ran to the end): the student's weights alone as safetensors (no pickle), with the trial's arm, "
+                          f"student, beta and verdict row as version tags.")

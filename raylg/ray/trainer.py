@@ -1,9 +1,10 @@
 """One trial as a Ray Train run: the plain `fit` loop plus Ray's prepare/report calls.
 
 `train_loop(config)` runs on every worker (or in-process with `workers: 0`). Rank 0 owns the
-run directory, the checkpoints and the MLflow child run; every rank reports each epoch so
-Ray Train (and Tune, through TuneReportCallback) sees it. A restarted worker group resumes
-from the latest reported checkpoint.
+run directory, the checkpoints and the MLflow child run (recorded by the same fit() callback as
+a plain run, raylg.tracking.MlflowCallback); every rank reports each epoch so Ray Train (and
+Tune, through TuneReportCallback) sees it. A restarted worker group resumes from the latest
+reported checkpoint.
 """
 
 from __future__ import annotations
@@ -51,10 +52,9 @@ class Session:
 
 
 class RayHooks(Hooks):
-    def __init__(self, session: Session, tracker=None, run_id: str | None = None):
+    def __init__(self, session: Session):
         self.session = session
         self.rank, self.world_size = session.rank, session.world_size
-        self.tracker, self.run_id = tracker, run_id
 
     def device(self, cfg) -> torch.device:
         return ray.train.torch.get_device() if self.session.via == "train" else super().device(cfg)
@@ -66,8 +66,6 @@ class RayHooks(Hooks):
         return ray.train.torch.prepare_data_loader(loader, move_to_device=False) if self.world_size > 1 else loader
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        if self.tracker is not None and self.rank == 0:  # log first: ASHA may end the trial inside report()
-            self.tracker.log_metrics(self.run_id, metrics, step=metrics["epoch"])
         ckpt = self.session.checkpoint(checkpoint_dir) if checkpoint_dir else None
         self.session.report({**metrics, EPOCHS_DONE: metrics["epoch"] + 1}, ckpt)
 
@@ -86,21 +84,21 @@ def train_loop(config: dict[str, Any], hooks_cls: type[RayHooks] = RayHooks) -> 
     cfg = config_lib.unflatten(config["cfg"])
     if storage.is_s3(cfg.teacher.path):  # a published teacher: copied once into this node's cache
         cfg = config_lib.apply_overrides(cfg, {"teacher.path": teachers.fetch(storage.parent(cfg.teacher.path))})
-    tracker, run_id = None, None
+    callbacks = []
     tr = config.get("tracking")
-    if tr and session.rank == 0:
-        from raylg.tracking import Tracker
+    if tr and session.rank == 0:  # the trial's child run; the sweep's driver closes it
+        from raylg.tracking import MlflowCallback, Tracker
 
         tracker = Tracker(tr["uri"])
         run_id = tracker.child_run(tr["experiment_id"], tr["parent_id"], tr["trial_id"], tr["tags"], config["cfg"])
-        tracker.client.log_text(run_id, config_lib.dump(cfg), "config.yaml")
-    hooks = hooks_cls(session, tracker, run_id)
+        callbacks.append(MlflowCallback(tracker, run_id, owns_run=False, teacher_uri=config["cfg"].get("teacher.path", "")))
+    hooks = hooks_cls(session)
     checkpoint = session.get_checkpoint()
     if checkpoint is None:
-        fit(cfg, config["run_dir"], hooks=hooks)
+        fit(cfg, config["run_dir"], hooks=hooks, callbacks=callbacks)
     else:
         with checkpoint.as_directory() as d:
-            fit(cfg, config["run_dir"], hooks=hooks, resume_from=d)
+            fit(cfg, config["run_dir"], hooks=hooks, resume_from=d, callbacks=callbacks)
 
 
 def make_trainer(loop_config: dict[str, Any], *, name: str, storage: str, workers: int, cpus_per_worker: float,
