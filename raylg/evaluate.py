@@ -84,8 +84,9 @@ def locate(path: str | Path, config: str | Path | None = None) -> Weights:
         return Weights("checkpoint", ckpt, ckpt, _config(cfg_path or ckpt / checkpoint.CONFIG_FILE, ckpt), run_dir,
                        epoch=state.get("epoch"))
     if (p / "config.yaml").is_file():
-        if (p / "student.safetensors").is_file():
-            return Weights("run", p / "student.safetensors", p, _config(cfg_path or p / "config.yaml", p), p)
+        if (p / "student.safetensors").is_file():  # the best student; summary.json says its epoch
+            return Weights("run", p / "student.safetensors", p, _config(cfg_path or p / "config.yaml", p), p,
+                           epoch=_best_epoch(p))
         for name in ("best", "last"):
             ckpt = checkpoint.find(p / "checkpoints" / name)
             if ckpt is not None:
@@ -94,6 +95,13 @@ def locate(path: str | Path, config: str | Path | None = None) -> Weights:
         raise EvaluateError(f"run directory {str(p)!r} holds no weights: no student.safetensors and no "
                             f"checkpoints/best/ or checkpoints/last/ (did the run write a checkpoint?)")
     raise EvaluateError(f"{str(p)!r} is none of {RUN_HINT}")
+
+
+def _best_epoch(run_dir: Path) -> Optional[int]:
+    try:
+        return int(json.loads((run_dir / "summary.json").read_text())["best"]["epoch"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _config(path: Path, weights: Path) -> Path:

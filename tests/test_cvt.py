@@ -63,6 +63,14 @@ def test_stage_grids(name, img_size, grids):
     assert model.grid_sizes(img_size) == grids
 
 
+def test_drop_path_is_the_official_per_stage_rule():
+    with torch.device("meta"):
+        model = create_student(ModelConfig(name="cvt_13", drop_path=0.1), 224, 3, 1000)
+    rates = [[getattr(b.drop_path1, "drop_prob", 0.0) for b in s.blocks] for s in model.stages]
+    # DROP_PATH_RATE [0.0, 0.0, 0.1]: each stage rises linearly from 0 to its own rate
+    assert rates[:2] == [[0.0], [0.0, 0.0]] and rates[2] == pytest.approx([0.1 * i / 9 for i in range(10)])
+
+
 def _backward_is_finite(model, x, blocks):
     logits, maps = forward_with_blocks(model, x, blocks)
     (logits.logsumexp(1).mean() + sum(m.square().mean() for m in maps)).backward()
@@ -129,8 +137,7 @@ def test_a_batch_of_one_at_32_fails_in_training_mode_only_where_kv_is_1x1():
                                                    ("cvt_13_s2_32", 32, (4, 4))])
 def test_check_terms_and_preflight_with_lg_and_drloc_on_meta(name, img_size, grid):
     cfg = config_lib.load(None, {"model.name": name, "data.img_size": img_size, "guidance.drloc.weight": 0.5})
-    check_terms(cfg, teacher=True, in_chans=1, num_classes=10)
-    preflight(cfg, teacher=True)
+    preflight(cfg, teacher=True)  # check_terms on meta: the student at this size, LG's map, DRLoc's grid
     with torch.device("meta"):
         student = create_student(name, img_size=img_size, in_chans=1, num_classes=10)
         assert _token_grid_size(student, 1, img_size) == grid

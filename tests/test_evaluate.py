@@ -52,7 +52,7 @@ def test_run_dir_checkpoint_and_student_file_give_the_runs_own_val_numbers(digit
     assert _same_numbers(by_run, by_ckpt) and _same_numbers(by_run, by_file)
     # the best checkpoint's val top-1 as the training loop measured it, to the last digit
     assert by_run["top1"] == summary["best"]["val/top1"] and by_run["top5"] == summary["best"]["val/top5"]
-    assert by_run["matches_run_data"] is True and by_ckpt["epoch"] == summary["best"]["epoch"]
+    assert by_run["matches_run_data"] is True and by_run["epoch"] == by_ckpt["epoch"] == summary["best"]["epoch"]
     confusion = np.array(by_run["confusion"])
     assert confusion.shape == (10, 10) and confusion.sum() == by_run["count"] == 179
     assert [p["count"] for p in by_run["per_class"]] == confusion.sum(1).tolist()
