@@ -3,6 +3,7 @@
     python jobs/bench.py                      # DeiT-Ti at 32px (patch 4) and 224px (patch 16), batch 32, baseline and LG
     python jobs/bench.py --model pvt_v2_b0 --img-size 224 --batch-size 32 --steps 5
     python jobs/bench.py --params             # parameter counts of every student vs the published ones
+    python jobs/bench.py --precisions fp32 bf16 auto --no-lg   # step time per run.precision (auto: what it resolves to)
 
 A step is forward + backward + AdamW step of the whole task (student, aligners; with LG the
 ResNet-56 teacher runs on the batch resized to 32px, BN in train mode as in the reference).
@@ -32,11 +33,12 @@ def one(model: str, img_size: int, batch_size: int, steps: int, warmup: int, lg:
 
     import torch
 
-    from raylg import config as config_lib, engine, teacher as teacher_lib
+    from raylg import config as config_lib, engine, precision as precision_lib, teacher as teacher_lib
     from raylg.models import create_teacher
     from raylg.task import build_optimizer, build_task
 
     dev = torch.device(device)
+    resolved = precision_lib.resolve(precision, dev, warn=False).precision
     cfg = config_lib.load(None, {"model.name": model, "data.img_size": img_size})
     targets, channels = None, None
     torch.manual_seed(0)
@@ -55,7 +57,7 @@ def one(model: str, img_size: int, batch_size: int, steps: int, warmup: int, lg:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with engine.autocast(dev, precision):
+        with engine.autocast(dev, resolved):
             out = task(batch)
         loss = sum(out["losses"].values())
         opt.zero_grad(set_to_none=True)
@@ -73,15 +75,15 @@ def one(model: str, img_size: int, batch_size: int, steps: int, warmup: int, lg:
         mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         mem_kind = "peak RSS"
     return {"model": model, "img_size": img_size, "batch_size": batch_size, "lg": lg, "device": str(dev),
-            "precision": precision, "threads": torch.get_num_threads(), "steps": steps,
+            "precision": precision, "precision_resolved": resolved, "threads": torch.get_num_threads(), "steps": steps,
             "step_s_median": med, "step_s_min": min(times), "step_s_max": max(times),
             "images_per_s": batch_size / med, "peak_mem_mib": mem, "mem_kind": mem_kind}
 
 
-def run_isolated(args, model, img_size, lg) -> dict:
+def run_isolated(args, model, img_size, lg, precision=None) -> dict:
     cmd = [sys.executable, __file__, "--one", "--model", model, "--img-size", str(img_size), "--batch-size",
            str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
-           "--precision", args.precision] + (["--lg"] if lg else [])
+           "--precision", precision or args.precision] + (["--lg"] if lg else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -105,7 +107,9 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32")
+    p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "auto"],
+                   help="compare step time across these run.precision values (auto: bf16 where native, else fp32)")
     p.add_argument("--no-lg", action="store_true", help="baseline only")
     p.add_argument("--lg", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -118,6 +122,8 @@ def main(argv=None) -> None:
                              args.device, args.precision)))
         return
     cases = [(args.model, args.img_size)] if args.model else DEFAULT_CASES
+    if args.precisions:
+        return compare_precisions(args, cases)
     print(f"device {args.device}, {os.cpu_count()} CPUs, batch {args.batch_size}, {args.precision}, "
           f"median of {args.steps} steps after {args.warmup} warm-up")
     print(f"{'student':24s} {'px':>4s} {'arm':>8s} {'s/step':>8s} {'img/s':>8s} {'peak MiB':>9s} {'LG/base':>8s}")
@@ -129,6 +135,27 @@ def main(argv=None) -> None:
             print(f"{model:24s} {size:4d} {'LG' if r['lg'] else 'baseline':>8s} {r['step_s_median']:8.3f} "
                   f"{r['images_per_s']:8.1f} {r['peak_mem_mib']:9.0f} {ratio:>8s}", flush=True)
     print(f"memory: {rows[0]['mem_kind']}")
+
+
+def compare_precisions(args, cases) -> None:
+    from raylg import precision as precision_lib
+
+    import torch
+
+    native, why = precision_lib.native_bf16(torch.device(args.device))
+    print(f"device {args.device} ({why}; native bf16: {native}), batch {args.batch_size}, "
+          f"median of {args.steps} steps after {args.warmup} warm-up")
+    print(f"{'student':24s} {'px':>4s} {'arm':>8s} {'precision':>10s} {'runs as':>8s} {'s/step':>8s} {'img/s':>8s} {'vs fp32':>8s}")
+    for model, size in cases:
+        for lg in ([False] if args.no_lg else [False, True]):
+            base = None
+            for prec in args.precisions:
+                r = run_isolated(args, model, size, lg, prec)
+                if prec == "fp32":
+                    base = r["step_s_median"]
+                ratio = f"{base / r['step_s_median']:.2f}x" if base else ""
+                print(f"{model:24s} {size:4d} {'LG' if lg else 'baseline':>8s} {prec:>10s} {r['precision_resolved']:>8s} "
+                      f"{r['step_s_median']:8.3f} {r['images_per_s']:8.1f} {ratio:>8s}", flush=True)
 
 
 def _cuda() -> bool:

@@ -42,6 +42,11 @@ class DataConfig:
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
     num_workers: int = 2  # DataLoader worker processes
     eval_batch_size: int = 256
+    # auto: the split as a uint8 tensor on the training device, augmented there in batches, when it fits
+    # device_budget_mib and the device implements the augmentation (else the loader); device: that or an
+    # error naming why not; loader: per-image PIL transforms in DataLoader workers
+    pipeline: Literal["auto", "device", "loader"] = "auto"
+    device_budget_mib: float = 0  # 0 = 25% of the device's free memory (CPU: of MemAvailable)
 
 
 @dataclass
@@ -139,7 +144,8 @@ class RunConfig:
     out_dir: str = "runs"  # the run writes to out_dir/name
     seed: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast
+    precision: Literal["fp32", "bf16", "auto"] = "auto"  # bf16 = autocast; auto = bf16 where native (raylg.precision)
+    log_every: int = 50  # steps between host reads of the loss terms and the NaN check (and its rollback point)
     resume: bool = False  # continue from out_dir/name/checkpoints/last
     # start the student from other weights (e.g. an SSL stage): a run dir (its checkpoints/last), a
     # checkpoint dir, or a .safetensors of the student alone; "" = fresh init
@@ -407,6 +413,8 @@ def validate(cfg: Config) -> None:
     _check(0.0 <= d.re_prob <= 1.0, "data.re_prob", d.re_prob, "in [0, 1]")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
     _check(d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size, ">= 1")
+    _check(math.isfinite(d.device_budget_mib) and d.device_budget_mib >= 0, "data.device_budget_mib", d.device_budget_mib,
+           ">= 0; 0 = a quarter of the free device memory")
     _check(0.0 <= cfg.model.drop_path < 1.0, "model.drop_path", cfg.model.drop_path, "in [0, 1)")
     _check(math.isfinite(o.lr) and o.lr > 0, "optim.lr", o.lr, "> 0")
     _check(o.batch_size >= 1, "optim.batch_size", o.batch_size, ">= 1")
@@ -428,6 +436,7 @@ def validate(cfg: Config) -> None:
     if g.source == "shards":
         _check(bool(g.shards), "guidance.locality.shards", g.shards, "a manifest path or s3:// URI when source is shards")
     _check(r.max_train_batches >= 0, "run.max_train_batches", r.max_train_batches, ">= 0")
+    _check(r.log_every >= 1, "run.log_every", r.log_every, ">= 1")
     _check(bool(r.name) and "/" not in r.name, "run.name", r.name, "a non-empty name without '/'")
     _validate_terms(cfg)
 

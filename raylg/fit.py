@@ -26,11 +26,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from raylg import checkpoint, config as config_lib, data, engine, schedule, teacher as teacher_lib
+from raylg import checkpoint, config as config_lib, data, engine, precision as precision_lib, schedule, teacher as teacher_lib
+from raylg.data import device as device_data
 from raylg.task import build_optimizer, build_task
 
 # fields that may differ between a run and its resume
-RESUME_IGNORES = ("run.resume", "run.progress", "data.num_workers", "data.eval_batch_size", "run.device")
+RESUME_IGNORES = ("run.resume", "run.progress", "data.num_workers", "data.eval_batch_size", "run.device",
+                  "data.device_budget_mib", "run.log_every")
 
 
 class ResumeError(RuntimeError):
@@ -77,6 +79,10 @@ class Hooks:
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         pass
 
+    def resolved(self, params: dict[str, str]) -> None:
+        """What the run resolved on its device, as flat params ({"run.precision_resolved": "bf16",
+        "data.pipeline_resolved": "device"}); called once, on rank 0, before the first epoch."""
+
 
 @dataclass
 class Setup:
@@ -122,7 +128,10 @@ def _loader(dataset, batch_size: int, cfg, *, train: bool, seed: int) -> DataLoa
 def _set_epoch(loader, seed: int, epoch: int) -> None:
     """Shuffle order and loader-worker seeds depend on (seed, epoch) alone, so a resumed run
     sees the batches an uninterrupted one would. Under DDP the launcher's DistributedSampler
-    shards the data and is told the epoch."""
+    shards the data and is told the epoch. Device-resident data is told the epoch alone."""
+    if isinstance(loader, device_data.DeviceTrainData):
+        loader.set_epoch(epoch)
+        return
     sampler = getattr(loader, "sampler", None)
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
@@ -177,14 +186,19 @@ def _fit(cfg, run_dir: str | Path, hooks: Hooks, resume_from, callbacks: list[Ca
         resume_from = check_resume(cfg, run_dir)
     device = hooks.device(cfg)
     s = setup(cfg)
+    prec = precision_lib.resolve(cfg.run.precision, device, warn=main)
+    pipe = device_data.plan(cfg.data, s.bundle, device)  # refuses data.pipeline: device that cannot be, naming why
+    resolved = {"run.precision_resolved": prec.precision, "data.pipeline_resolved": pipe.pipeline}
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         config_lib.save(cfg, run_dir / "config.yaml")
         (run_dir / "data.json").write_text(json.dumps(
             {"in_chans": s.bundle.in_chans, "num_classes": s.bundle.num_classes, "splits": s.bundle.describe(),
              "fingerprint": s.bundle.fingerprint("train"),
-             "teacher": None if s.teacher_card is None else {k: s.teacher_card[k] for k in ("arch", "sha256", "val_top1")}},
+             "teacher": None if s.teacher_card is None else {k: s.teacher_card[k] for k in ("arch", "sha256", "val_top1")},
+             "resolved": resolved, "precision": prec.as_dict(), "pipeline": pipe.describe(), "device": str(device)},
             indent=2))
+        hooks.resolved(resolved)
     task = s.task.to(device)
     for cb in callbacks:  # rank 0 only (fit), which wrote data.json
         cb.on_start(cfg, json.loads((run_dir / "data.json").read_text()))
@@ -192,8 +206,15 @@ def _fit(cfg, run_dir: str | Path, hooks: Hooks, resume_from, callbacks: list[Ca
         s.targets.to(device)
     optimizer = build_optimizer(task, cfg.optim)
     per_worker = max(1, cfg.optim.batch_size // hooks.world_size)
-    train_loader = hooks.wrap_loader(_loader(s.bundle.train, per_worker, cfg, train=True, seed=cfg.run.seed))
-    val_loader = hooks.wrap_loader(_loader(s.bundle.val, cfg.data.eval_batch_size, cfg, train=False, seed=cfg.run.seed))
+    if pipe.pipeline == "device":
+        train_loader = device_data.DeviceTrainData(s.bundle.train, pipe.program, device, batch_size=per_worker,
+                                                   seed=cfg.run.seed, rank=hooks.rank, world_size=hooks.world_size)
+        val_loader = _device_eval(s.bundle.val, cfg, device, pipe, hooks.rank, hooks.world_size)
+    else:
+        train_loader = hooks.wrap_loader(_loader(s.bundle.train, per_worker, cfg, train=True, seed=cfg.run.seed))
+        val_loader = None
+    if val_loader is None:
+        val_loader = hooks.wrap_loader(_loader(s.bundle.val, cfg.data.eval_batch_size, cfg, train=False, seed=cfg.run.seed))
     steps = len(train_loader)
     if cfg.run.max_train_batches:
         steps = min(steps, cfg.run.max_train_batches)
@@ -221,11 +242,12 @@ def _fit(cfg, run_dir: str | Path, hooks: Hooks, resume_from, callbacks: list[Ca
         _set_epoch(train_loader, cfg.run.seed, epoch)
         bar = _progress(steps, f"epoch {epoch + 1}/{cfg.schedule.epochs}", main and cfg.run.progress)
         train_m, step = engine.train_one_epoch(model, train_loader, optimizer, lr_at=lr_at, step=step, device=device,
-                                               precision=cfg.run.precision, clip_grad=cfg.optim.clip_grad,
-                                               max_batches=cfg.run.max_train_batches, progress=bar)
+                                               precision=prec.precision, clip_grad=cfg.optim.clip_grad,
+                                               max_batches=cfg.run.max_train_batches, progress=bar,
+                                               log_every=cfg.run.log_every)
         if bar is not None:
             bar.close()
-        val_m = engine.evaluate(model, val_loader, device=device, precision=cfg.run.precision)
+        val_m = engine.evaluate(model, val_loader, device=device, precision=prec.precision)
         row = {"epoch": epoch, "step": step, **train_m, **val_m, "epoch_time_s": time.perf_counter() - t0,
                "world_size": hooks.world_size}
         is_best = row["val/top1"] > best["val/top1"]
@@ -243,20 +265,33 @@ def _fit(cfg, run_dir: str | Path, hooks: Hooks, resume_from, callbacks: list[Ca
                                 epoch=epoch, step=step, metrics={"row": row, "best": best})
             print(_line(row), flush=True)
             if epoch == cfg.schedule.epochs - 1:  # the last report carries the best student's test figures
-                finished = _finish(cfg, run_dir, task, s.bundle, device)
+                finished = _finish(cfg, run_dir, task, s.bundle, device, prec.precision, pipe)
                 row = {**row, **{k: v for k, v in finished.items() if k.startswith("test/")}}
             for cb in callbacks:  # before the report: ASHA may end a trial inside it
                 cb.on_epoch(row)
         hooks.report(row, ckpt)
 
-    summary = {"best": best, "last": row, "epochs": cfg.schedule.epochs}
+    summary = {"best": best, "last": row, "epochs": cfg.schedule.epochs, "resolved": resolved}
     if main:
-        summary.update(finished if finished is not None else _finish(cfg, run_dir, task, s.bundle, device))
+        summary.update(finished if finished is not None else _finish(cfg, run_dir, task, s.bundle, device, prec.precision, pipe))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _finish(cfg, run_dir: Path, task, bundle, device) -> dict[str, Any]:
+def _device_eval(dataset, cfg, device, pipe, rank: int, world_size: int):
+    """An eval split cached on the device (the loader's eval transform, exact) when it fits what the
+    training split left of the budget; None: the loader evaluates it."""
+    need = device_data.DeviceEvalData.nbytes_for(dataset, _chans(dataset))
+    if need == 0 or pipe.need_bytes + need > pipe.budget_bytes:
+        return None
+    return device_data.DeviceEvalData(dataset, device, batch_size=cfg.data.eval_batch_size, rank=rank, world_size=world_size)
+
+
+def _chans(dataset) -> int:
+    return 1 if dataset.split.mode == "L" else 3
+
+
+def _finish(cfg, run_dir: Path, task, bundle, device, precision: str = "fp32", pipe=None) -> dict[str, Any]:
     """Export the best student alone; evaluate it on the test split when the set has one."""
     best_dir = checkpoint.find(run_dir / "checkpoints" / "best")
     if best_dir is None:
@@ -265,8 +300,10 @@ def _finish(cfg, run_dir: Path, task, bundle, device) -> dict[str, Any]:
     out = {"student": str(checkpoint.export_weights(task.student, run_dir / "student.safetensors",
                                                      metadata={"model": cfg.model.name}))}
     if bundle.test is not None:
-        loader = _loader(bundle.test, cfg.data.eval_batch_size, cfg, train=False, seed=0)
-        out.update(engine.evaluate(task, loader, device=device, precision=cfg.run.precision, prefix="test",
+        loader = _device_eval(bundle.test, cfg, device, pipe, 0, 1) if pipe is not None and pipe.pipeline == "device" else None
+        if loader is None:
+            loader = _loader(bundle.test, cfg.data.eval_batch_size, cfg, train=False, seed=0)
+        out.update(engine.evaluate(task, loader, device=device, precision=precision, prefix="test",
                                    across_ranks=False))  # rank 0 alone, on the whole test split
     return out
 

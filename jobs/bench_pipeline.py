@@ -1,0 +1,198 @@
+"""Data pipeline benchmark: device-resident batches vs the per-image PIL loader.
+
+    python jobs/bench_pipeline.py                    # images/s per core, device vs loader: 32px and 224px with RandAugment
+    python jobs/bench_pipeline.py --epoch            # one epoch of the digits preset end to end (train + val), device vs loader
+    python jobs/bench_pipeline.py --accuracy         # the short LG run of tests/test_device_pipeline.py, 3 seeds per path
+    python jobs/bench_pipeline.py --device cuda      # the device path on a GPU (the loader stays on one CPU core)
+
+Per core: both paths run in this one process with torch.set_num_threads(1) (the loader: the
+dataset's own transform, num_workers=0, plus default_collate; the device path: its batched ops
+on --device, CUDA synchronised before each clock read). Data: Fashion-MNIST's training images
+(Debian's dataset-fashion-mnist; 28px, 1 channel) where present, else scikit-learn's digits.
+Recipes: 'paper' is the CIFAR-100 recipe (RandomResizedCrop 0.08-1 bicubic, flip,
+RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25); 'preset' is fashion-small's (crop
+0.5-1, flip, colour jitter). Figures on shared machines are noisy: read the spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+DIGITS = ROOT / "configs" / "digits-tiny.yaml"
+PAPER = {"data.scale_min": 0.08, "data.hflip": 0.5, "data.auto_augment": "rand-m9-mstd0.5-inc1", "data.re_prob": 0.25,
+         "data.interpolation": "bicubic"}
+PRESET = {"data.scale_min": 0.5, "data.hflip": 0.5, "data.auto_augment": "", "data.re_prob": 0.0}
+
+
+def _bundle(img_size: int, recipe: dict, name: str):
+    from raylg import config as config_lib, data
+
+    over = {"data.name": name, "data.img_size": img_size, "data.per_class": 0, **recipe}
+    return data.build(config_lib.load(DIGITS, over).data)
+
+
+def _dataset_name() -> str:
+    return "fashion_mnist" if Path("/usr/share/datasets/fashion-mnist").is_dir() else "digits"
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def loader_rate(ds, n: int, batch: int, repeats: int) -> list[float]:
+    from torch.utils.data import default_collate
+
+    rates = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        done = 0
+        while done < n:
+            default_collate([ds[(done + k) % len(ds)] for k in range(batch)])
+            done += batch
+        rates.append(done / (time.perf_counter() - t0))
+    return rates
+
+
+def device_rate(ds, in_chans: int, dev, n: int, batch: int, repeats: int) -> list[float]:
+    from raylg.data import device as D
+
+    prog = D.compile_transform(ds.transform, in_chans)
+    dtd = D.DeviceTrainData(ds, prog, dev, batch_size=batch, seed=0)
+    it = iter(dtd)
+    next(it)  # warm-up: first kernels, allocations
+    rates = []
+    for r in range(repeats):
+        dtd.set_epoch(r + 1)
+        _sync(dev)
+        t0 = time.perf_counter()
+        done = 0
+        for b in dtd:
+            done += b["image"].shape[0]
+            if done >= n:
+                break
+        _sync(dev)
+        rates.append(done / (time.perf_counter() - t0))
+    return rates
+
+
+def bench_pipeline(args) -> list[dict]:
+    torch.set_num_threads(1)
+    name = _dataset_name()
+    dev = torch.device(args.device)
+    rows = []
+    for recipe_name, recipe, size in (("preset", PRESET, 32), ("paper", PAPER, 32), ("paper", PAPER, 224)):
+        b = _bundle(size, recipe, name)
+        n_loader = args.images // (4 if size == 224 else 1)
+        lo = loader_rate(b.train, n_loader, 128, args.repeats)
+        de = device_rate(b.train, b.in_chans, dev, args.images, 128, args.repeats)
+        row = {"data": name, "recipe": recipe_name, "img_size": size, "device": str(dev),
+               "loader_img_s": statistics.median(lo), "device_img_s": statistics.median(de),
+               "loader_runs": lo, "device_runs": de}
+        row["ratio"] = row["device_img_s"] / row["loader_img_s"]
+        rows.append(row)
+        print(f"{name:13s} {recipe_name:6s} {size:4d}px  loader {row['loader_img_s']:8.0f} img/s/core   "
+              f"device ({dev}) {row['device_img_s']:8.0f} img/s{'/core' if dev.type == 'cpu' else ''}   x{row['ratio']:.1f}",
+              flush=True)
+    return rows
+
+
+def bench_epoch(args) -> list[dict]:
+    """Two epochs of the digits preset per path (the second timed: warm caches), train + val."""
+    from raylg import config as config_lib
+    from raylg.fit import fit
+
+    rows = []
+    out = Path(tempfile.mkdtemp(prefix="bench-epoch-"))
+    for pipe in ("loader", "device"):
+        cfg = config_lib.load(DIGITS, {"data.pipeline": pipe, "schedule.epochs": 2, "run.progress": False,
+                                       "run.out_dir": str(out), "run.name": pipe, "run.device": args.device})
+        t0 = time.perf_counter()
+        fit(cfg, out / pipe)
+        wall = time.perf_counter() - t0
+        m = [json.loads(x) for x in (out / pipe / "metrics.jsonl").read_text().splitlines()]
+        d = json.loads((out / pipe / "data.json").read_text())
+        rows.append({"pipeline": pipe, "epoch_s": m[-1]["epoch_time_s"], "train_img_s": m[-1]["images_per_s"],
+                     "wall_s_2_epochs": wall, "precision": d["precision"]["resolved"], "threads": torch.get_num_threads()})
+        print(f"digits preset, {pipe:6s}: epoch {m[-1]['epoch_time_s']:.2f} s (train {m[-1]['images_per_s']:.0f} img/s), "
+              f"2 epochs + setup {wall:.1f} s, {d['precision']['resolved']}, {torch.get_num_threads()} threads", flush=True)
+    return rows
+
+
+def bench_accuracy(args) -> list[dict]:
+    """tests/test_device_pipeline.py's short LG run, seeds 1..3 per path: best val top-1."""
+    from raylg import config as config_lib
+    from raylg.fit import fit
+
+    out = Path(tempfile.mkdtemp(prefix="bench-acc-"))
+    teacher = args.teacher
+    if not teacher:
+        import train_teacher
+
+        teacher = str(train_teacher.main(["--out", str(out), "--name", "t", "--set", "run.progress=false",
+                                          "--set", "schedule.epochs=3", "--set", "run.max_train_batches=10"]))
+    rows = []
+    for pipe in ("device", "loader"):
+        accs = []
+        for seed in args.seeds:
+            cfg = config_lib.load(DIGITS, {"data.pipeline": pipe, "teacher.path": teacher, "schedule.epochs": 5,
+                                           "schedule.warmup_epochs": 1, "run.max_train_batches": 12, "run.seed": seed,
+                                           "run.progress": False, "run.out_dir": str(out), "run.name": f"{pipe}-{seed}",
+                                           "data.eval_batch_size": 512})
+            accs.append(fit(cfg, out / f"{pipe}-{seed}")["best"]["val/top1"])
+        rows.append({"pipeline": pipe, "seeds": args.seeds, "best_val_top1": accs, "mean": statistics.mean(accs),
+                     "std": statistics.stdev(accs) if len(accs) > 1 else 0.0})
+        print(f"{pipe:6s}: best val top-1 {statistics.mean(accs):.2f} ± {rows[-1]['std']:.2f} ({accs})", flush=True)
+    return rows
+
+
+def machine() -> str:
+    from raylg import precision
+
+    model = ""
+    try:
+        model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    flags = precision.cpu_flags()
+    keep = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return f"{model or 'unknown CPU'}, {os.cpu_count()} CPUs, flags: {' '.join(keep) or 'none of avx2/avx512/amx'}"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="where the device path runs (cpu | cuda)")
+    p.add_argument("--images", type=int, default=4096, help="images per timed run (the loader at 224px does a quarter)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--epoch", action="store_true", help="an epoch of the digits preset end to end, device vs loader")
+    p.add_argument("--accuracy", action="store_true", help="the short LG run of the tests, 3 seeds per path")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--teacher", help="a digits teacher (.safetensors) for --accuracy (default: train one, ~1 min)")
+    p.add_argument("--json", help="write the rows here")
+    args = p.parse_args(argv)
+    print(machine(), f"| torch {torch.__version__}", flush=True)
+    if args.accuracy:
+        sys.path.insert(0, str(ROOT))
+        rows = bench_accuracy(args)
+    elif args.epoch:
+        rows = bench_epoch(args)
+    else:
+        rows = bench_pipeline(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
