@@ -13,6 +13,7 @@ it the trial's child run, which the sweep's driver closes (raylg.ray.report).
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.error
 import urllib.request
@@ -88,6 +89,9 @@ def ui_command(uri: str) -> str:
 
 class Tracker:
     def __init__(self, uri: str):
+        # MLflow's client prints two links to stdout per run it closes on a server (links that open
+        # the UI's GenAI view); raylg prints its own (ui_url). Set the variable to false to keep them.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
 
