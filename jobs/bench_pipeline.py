@@ -147,8 +147,8 @@ def bench_accuracy(args) -> list[dict]:
     for pipe in ("device", "loader"):
         accs = []
         for seed in args.seeds:
-            cfg = config_lib.load(DIGITS, {"data.pipeline": pipe, "teacher.path": teacher, "schedule.epochs": 5,
-                                           "schedule.warmup_epochs": 1, "run.max_train_batches": 12, "run.seed": seed,
+            cfg = config_lib.load(DIGITS, {"data.pipeline": pipe, "teacher.path": teacher, "schedule.epochs": 10,
+                                           "schedule.warmup_epochs": 1, "run.max_train_batches": 0, "run.seed": seed,
                                            "run.progress": False, "run.out_dir": str(out), "run.name": f"{pipe}-{seed}",
                                            "data.eval_batch_size": 512})
             accs.append(fit(cfg, out / f"{pipe}-{seed}")["best"]["val/top1"])
