@@ -24,6 +24,20 @@ def tiny_config(tmp_path: Path, **overrides):
     return config_lib.load(TINY, base)
 
 
+def mlflow_runs(store: Path, name: str):
+    """(client, parent runs, trial runs) of sweep `name` in its default MLflow store under `store`."""
+    from mlflow.tracking import MlflowClient
+
+    from raylg.tracking import default_uri
+
+    client = MlflowClient(default_uri(store / name))
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("raylg.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("raylg.role") == "trial"]
+    return client, parents, children
+
+
 @pytest.fixture(scope="session")
 def digits_teacher(tmp_path_factory) -> Path:
     """A ResNet-20 teacher trained on digits by jobs/train_teacher.py (3 short epochs)."""

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, TINY, tiny_config
+from conftest import ROOT, TINY, mlflow_runs, tiny_config
 from raylg import config as config_lib
 from raylg.config import ConfigError
 from raylg.ray import spec as spec_lib, sweep as sweep_lib
@@ -41,15 +41,6 @@ def write_sweep(tmp_path: Path, teacher_path: Path, name: str, space: dict, **ex
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-def mlflow_runs(store: Path, name: str):
-    client = MlflowClient(default_uri(store / name))
-    exp = client.get_experiment_by_name(name)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("raylg.role") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("raylg.role") == "trial"]
-    return client, parents, children
 
 
 @pytest.fixture(scope="module")

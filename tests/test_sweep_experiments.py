@@ -14,12 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, mlflow_runs
 from raylg.config import ConfigError
 from raylg.ray import spec as spec_lib, sweep as sweep_lib, teachers as teachers_lib
-from raylg.tracking import default_uri
 
 TEACHER = ROOT / "jobs" / "configs" / "teacher-digits-tiny.yaml"
 FAST = {"schedule.epochs": 1, "schedule.warmup_epochs": 0, "schedule.min_lr": 0.0, "schedule.warmup_lr": 0.0,
@@ -37,13 +35,6 @@ def write(tmp: Path, name: str, **fields) -> Path:
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-def children(store: Path, name: str):
-    client = MlflowClient(default_uri(store / name))
-    exp = client.get_experiment_by_name(name)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    return client, [r for r in runs if r.data.tags.get("raylg.role") == "sweep"], [r for r in runs if r.data.tags.get("raylg.role") == "trial"]
 
 
 def teacher_cards(store: Path) -> dict[str, dict]:
@@ -72,7 +63,7 @@ def test_a_teacher_per_data_setting_and_each_trial_gets_its_own(experiment):
     for key, card in cards.items():
         assert card["fingerprint"]["name"] == "digits" and card["fingerprint"]["count"] > 0
         assert teachers_lib.fetch(str(tmp / "store" / teachers_lib.DIR / key))  # hash-checked against its card
-    client, (parent,), kids = children(tmp / "store", "exp")
+    client, (parent,), kids = mlflow_runs(tmp / "store", "exp")
     assert len(kids) == 8 and all(k.info.status == "FINISHED" for k in kids)
     for k in kids:
         tags, params = k.data.tags, k.data.params
@@ -89,7 +80,7 @@ def test_a_teacher_per_data_setting_and_each_trial_gets_its_own(experiment):
 
 def test_the_verdict_is_the_trials_own_numbers(experiment):
     tmp, _ = experiment
-    client, _, kids = children(tmp / "store", "exp")
+    client, _, kids = mlflow_runs(tmp / "store", "exp")
     best = {}
     for k in kids:  # from MLflow's own metric history, not from the sweep's rows
         hist = client.get_metric_history(k.info.run_id, "val/top1")
@@ -134,7 +125,7 @@ def test_next_sweep_reuses_the_teachers_and_a_diverging_arm_fails_the_job(experi
     assert console.count("): started") == 4 and console.count(" epoch 1/1: val top-1 ") == 2
     assert console.count("): failed: ") == 2 and console.count("): finished") == 2
     assert (tmp / "store" / "diverge" / "driver.log").stat().st_size > 0
-    _, (parent,), kids = children(tmp / "store", "diverge")
+    _, (parent,), kids = mlflow_runs(tmp / "store", "diverge")
     status = {(k.data.tags["arm"], k.data.tags["data.per_class"]): k.info.status for k in kids}
     assert status == {("lg", "20"): "FINISHED", ("lg", "40"): "FINISHED", ("diverge", "20"): "FAILED", ("diverge", "40"): "FAILED"}
     assert parent.info.status == "FINISHED"
