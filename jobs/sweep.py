@@ -55,8 +55,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("\n" + report.closing_text(s, rows))
     if s.spec.arms or s.spec.seeds:
         print(f"\nverdict files:   {paths.local / report.VERDICT}.{{md,csv,json,png}}")
+    from raylg import tracking
+
+    exp = tracking.Tracker(uri).experiment(s.spec.name)
     print(f"\nMLflow tracking: {uri}  (experiment {s.spec.name!r})")
-    print(f"open the UI:     mlflow ui --backend-store-uri {uri} --port 5000   then http://127.0.0.1:5000")
+    serve = tracking.ui_command(uri)
+    print(f"open the UI:     {serve + ' --port 5000   then ' if serve else ''}{tracking.ui_url(uri, exp)}")
     failed = [r for r in rows if r["status"] == "FAILED"]
     if failed:
         print(f"\nerror: {len(failed)} of {len(rows)} trials failed", file=sys.stderr)
