@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "jobs"))  # jobs/*.py are importable as modules in tests
 
 from raylg import config as config_lib  # noqa: E402
+from raylg.fit import Hooks  # noqa: E402
 
 TINY = ROOT / "jobs" / "configs" / "digits-tiny.yaml"
 
@@ -22,6 +23,22 @@ def tiny_config(tmp_path: Path, **overrides):
             "run.max_train_batches": 4, "data.eval_batch_size": 512}
     base.update(overrides)
     return config_lib.load(TINY, base)
+
+
+class Crash(RuntimeError):
+    """A run killed on purpose (tests of resume and interrupted saves)."""
+
+
+class CrashAfter(Hooks):
+    """fit() hooks that raise Crash in the report of epoch `epochs`, after its checkpoint is written."""
+
+    def __init__(self, epochs: int):
+        self.left = epochs
+
+    def report(self, metrics, checkpoint_dir):
+        self.left -= 1
+        if self.left == 0:
+            raise Crash("simulated kill after the checkpoint was written")
 
 
 def mlflow_runs(store: Path, name: str):

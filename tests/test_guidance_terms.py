@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT, Crash, CrashAfter, tiny_config
 from raylg import checkpoint, teacher as teacher_lib
 from raylg.config import ConfigError, load as load_config
-from raylg.fit import Hooks, fit, setup
+from raylg.fit import fit, setup
 from raylg.guidance import Context, DenseRelativeLocalization, TeacherOut, teacher_logit_classes
 from raylg.guidance.distill import soft_kl
 from raylg.guidance.drloc import gather_pairs, offsets, sample_pairs
@@ -294,20 +294,6 @@ def test_tiny_run_with_every_term_on_trains_end_to_end(tmp_path, digits_teacher)
     assert any(k.startswith("terms.drloc.head.") for k in saved) and "student.head_dist.weight" in saved
     exported = checkpoint.load_file(str(tmp_path / "all" / "student.safetensors"))
     assert "head_dist.weight" in exported and not any(k.startswith("terms.") for k in exported)
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class CrashAfter(Hooks):
-    def __init__(self, epochs):
-        self.left = epochs
-
-    def report(self, metrics, checkpoint_dir):
-        self.left -= 1
-        if self.left == 0:
-            raise Crash
 
 
 def test_resume_with_drloc_and_distillation_is_exact(tmp_path, digits_teacher):

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_config
+from conftest import Crash, CrashAfter, tiny_config
 from raylg import checkpoint
 from raylg.checkpoint import CheckpointError
 from raylg.config import ConfigError, apply_overrides, load as load_config
-from raylg.fit import Hooks, fit, setup
+from raylg.fit import fit, setup
 from raylg.guidance import Context, PatchShuffle
 from raylg.guidance.relvit import POSITIONS_KEY, PairScores, distance_targets, relation_targets
 from raylg.models import ModelError, create_classifier
@@ -236,20 +236,6 @@ def test_joint_run_logs_each_task_and_exports_the_student_alone(tmp_path):
     saved = checkpoint.load_file(str(tmp_path / "joint" / "checkpoints" / "last" / checkpoint.MODEL_FILE))
     assert any(k.startswith("terms.relvit_rel.") for k in saved) and any(k.startswith("terms.relvit_pos.") for k in saved)
     assert not any("relvit" in k for k in checkpoint.load_file(str(tmp_path / "joint" / "student.safetensors")))
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class CrashAfter(Hooks):
-    def __init__(self, epochs):
-        self.left = epochs
-
-    def report(self, metrics, checkpoint_dir):
-        self.left -= 1
-        if self.left == 0:
-            raise Crash
 
 
 def test_upstream_then_downstream_with_exact_resume(tmp_path):

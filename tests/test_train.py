@@ -5,23 +5,9 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import Crash, CrashAfter, tiny_config
 from raylg import checkpoint
-from raylg.fit import Hooks, ResumeError, fit
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class CrashAfter(Hooks):
-    def __init__(self, epochs):
-        self.left = epochs
-
-    def report(self, metrics, checkpoint_dir):
-        self.left -= 1
-        if self.left == 0:
-            raise Crash("simulated kill after the checkpoint was written")
+from raylg.fit import ResumeError, fit
 
 
 def rows(run_dir):
