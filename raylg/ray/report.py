@@ -185,7 +185,7 @@ def failures(rows: list[dict[str, Any]]) -> str:
     out = []
     for r in rows:
         if r["status"] == "FAILED":
-            what = ", ".join(f"{k} {r[k]}" for k in r if not k.startswith("_") and k in ("arm", "seed") and r[k] is not None)
+            what = ", ".join(f"{k} {r[k]}" for k in ("arm", "seed") if r.get(k) is not None)
             out.append(f"trial {r['trial']} FAILED{f' ({what})' if what else ''}: {r['error']}\n  log: {r['log']}")
     return "\n".join(out)
 
