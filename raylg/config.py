@@ -32,6 +32,9 @@ class DataConfig:
     img_size: int = 32  # student input side; 224 is the paper's upsampled setting
     per_class: int = 0  # 0 = every training image; N = N per class (tiny-data regime)
     val_fraction: float = 0.1  # carved from train (stratified) when the set has no val split
+    # carved from train (stratified, one fixed seed: every split_seed tests on the same images) when the
+    # set has no test split, before val; 0 = none (sets without a test split then report best val only)
+    test_fraction: float = 0.0
     split_seed: int = 0  # seeds the per_class subset and the carved val split
     # train augmentation (the paper's recipe by default); eval is a plain resize
     augment: bool = True
@@ -408,6 +411,7 @@ def validate(cfg: Config) -> None:
     _check(d.img_size >= 8, "data.img_size", d.img_size, ">= 8")
     _check(d.per_class >= 0, "data.per_class", d.per_class, ">= 0; 0 = all images")
     _check(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "between 0 and 1, exclusive")
+    _check(0.0 <= d.test_fraction < 1.0, "data.test_fraction", d.test_fraction, "in [0, 1); 0 = no carved test split")
     _check(0.0 < d.scale_min <= 1.0, "data.scale_min", d.scale_min, "in (0, 1]")
     _check(0.0 <= d.hflip <= 1.0, "data.hflip", d.hflip, "in [0, 1]")
     _check(0.0 <= d.re_prob <= 1.0, "data.re_prob", d.re_prob, "in [0, 1]")

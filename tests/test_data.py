@@ -180,6 +180,28 @@ def test_fingerprint_tracks_the_subset():
     assert b.fingerprint("val")["sha256"] != fp["sha256"] and b.describe()["splits"]["train"]["sha256"] == fp["sha256"]
 
 
+def test_carved_test_split_is_fixed_disjoint_and_named():
+    plain = build(cfg(per_class=5))
+    b = build(cfg(per_class=5, test_fraction=0.3))
+    test = set(b.test.indices)
+    assert abs(len(test) - 539) <= 10 and np.all(np.bincount(b.test.labels, minlength=10) >= 50)  # stratified
+    assert not test & set(b.val.indices) and not test & set(b.train.indices)
+    full = build(cfg(test_fraction=0.3))
+    assert sorted(test | set(full.val.indices) | set(full.train.indices)) == list(range(1797))
+    # one test split for every split_seed and per_class; val and train still follow split_seed
+    other = build(cfg(per_class=8, split_seed=3, test_fraction=0.3))
+    assert other.test.indices.tolist() == b.test.indices.tolist()
+    assert other.fingerprint("test")["sha256"] == b.fingerprint("test")["sha256"] and other.val.indices.tolist() != b.val.indices.tolist()
+    d = b.describe()
+    assert d["test_carved"] and d["test_fraction"] == 0.3 and d["sizes"]["test"] == len(test)
+    # test_fraction 0 (the default) changes nothing
+    assert plain.test is None and not plain.describe()["test_carved"]
+    assert build(cfg(per_class=5, test_fraction=0.0)).fingerprint("train") == plain.fingerprint("train")
+    with pytest.raises(DataError, match=r"per_class=120: class '\d' \(label \d\) has only \d+ images in train after "
+                                        r"carving test \(data.test_fraction=0.3\) and val"):
+        build(cfg(per_class=120, test_fraction=0.3))
+
+
 def test_per_class_larger_than_a_class_names_it():
     with pytest.raises(DataError, match=r"per_class=170: class '\d' \(label \d\) has only 1\d\d images in train after carving val"):
         build(cfg(per_class=170))

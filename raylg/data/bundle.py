@@ -11,7 +11,7 @@ from .dataset import ImageDataset
 from .errors import DataError
 from .registry import get_loader
 from .source import Source
-from .subset import carve_val, class_counts, per_class_subset, require_every_class
+from .subset import carve_test, carve_val, class_counts, per_class_subset, require_every_class
 from .transforms import eval_transform, train_transform
 
 SPLITS = ("train", "val", "test")
@@ -25,6 +25,7 @@ class DataBundle:
     val: ImageDataset
     test: ImageDataset | None
     val_carved: bool
+    test_carved: bool = False
 
     @property
     def name(self) -> str:
@@ -104,30 +105,40 @@ class DataBundle:
             "split_seed": self.cfg.split_seed,
             "val_carved": self.val_carved,
             "val_fraction": self.cfg.val_fraction if self.val_carved else None,
+            "test_carved": self.test_carved,
+            "test_fraction": self.cfg.test_fraction if self.test_carved else None,
             "sizes": {s: (splits[s]["count"] if s in splits else None) for s in SPLITS},
             "splits": splits,
         }
 
 
 def build(cfg) -> DataBundle:
-    """Load ``cfg.name``, carve val if the set has none, take the per_class subset, attach transforms."""
+    """Load ``cfg.name``; carve test (when asked) and val if the set has none; take the per_class
+    subset; attach transforms."""
     src = get_loader(cfg.name)(cfg)
     train_split = src.splits["train"]
     require_every_class(train_split.labels, src.class_names, f"{src.name} train split ({src.root or 'bundled'})")
+    train_pos, carvings = np.arange(len(train_split)), []
+    test = src.splits.get("test")
+    test_carved = test is None and cfg.test_fraction > 0
+    if test_carved:
+        train_pos, test_pos = carve_test(train_split.labels, cfg.test_fraction)
+        test = ImageDataset(train_split, test_pos, None, "train")
+        carvings.append(f"test (data.test_fraction={cfg.test_fraction})")
+    elif test is not None:
+        test = ImageDataset(test, np.arange(len(test)), None, "test")
     carved = "val" not in src.splits
-    if carved:
-        train_pos, val_pos = carve_val(train_split.labels, cfg.val_fraction, cfg.split_seed)
+    if carved:  # positions relative to what test left, mapped back
+        rest, val_rel = carve_val(train_split.labels[train_pos], cfg.val_fraction, cfg.split_seed)
+        train_pos, val_pos = train_pos[rest], train_pos[val_rel]
         val = ImageDataset(train_split, val_pos, None, "train")
-        pool = f"train after carving val (data.val_fraction={cfg.val_fraction})"
+        carvings.append(f"val (data.val_fraction={cfg.val_fraction})")
     else:
-        train_pos = np.arange(len(train_split))
         val = ImageDataset(src.splits["val"], np.arange(len(src.splits["val"])), None, "val")
-        pool = "train"
+    pool = f"train after carving {' and '.join(carvings)}" if carvings else "train"
     train_pos = per_class_subset(train_split.labels, train_pos, cfg.per_class, cfg.split_seed, src.class_names, pool)
     train = ImageDataset(train_split, train_pos, train_transform(cfg, src.mean, src.std, src.in_chans), "train")
-    test = src.splits.get("test")
-    test = ImageDataset(test, np.arange(len(test)), None, "test") if test is not None else None
-    bundle = DataBundle(cfg=cfg, source=src, train=train, val=val, test=test, val_carved=carved)
+    bundle = DataBundle(cfg=cfg, source=src, train=train, val=val, test=test, val_carved=carved, test_carved=test_carved)
     ev = bundle.eval_transform()
     bundle.val.transform = ev
     if bundle.test is not None:

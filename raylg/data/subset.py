@@ -12,7 +12,8 @@ import numpy as np
 
 from .errors import DataError
 
-_CARVE, _PER_CLASS = 0, 1
+_CARVE, _PER_CLASS, _CARVE_TEST = 0, 1, 2
+TEST_SEED = 0  # the carved test split is the same for every split_seed
 
 
 def _rng(seed: int, purpose: int, cls: int) -> np.random.Generator:
@@ -33,20 +34,26 @@ def require_every_class(labels: np.ndarray, class_names: list[str], where: str) 
                         f"({empty.size} empty class(es) in all: {', '.join(repr(class_names[int(k)]) for k in empty[:10])})")
 
 
-def carve_val(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def carve_val(labels: np.ndarray, fraction: float, seed: int, *, purpose: int = _CARVE,
+              field: str = "data.val_fraction") -> tuple[np.ndarray, np.ndarray]:
     """Stratified split of positions into (train, val). Each class with >= 2 images gives
     round(fraction * count) images to val, at least 1 and never all of them."""
     if not 0.0 < fraction < 1.0:
-        raise DataError(f"data.val_fraction: {fraction!r} is out of range (between 0 and 1, exclusive)")
+        raise DataError(f"{field}: {fraction!r} is out of range (between 0 and 1, exclusive)")
     labels = np.asarray(labels, dtype=np.int64)
     train, val = [], []
     for c in np.unique(labels):
         pos = np.flatnonzero(labels == c)
         n_val = 0 if len(pos) < 2 else min(max(int(round(fraction * len(pos))), 1), len(pos) - 1)
-        perm = _rng(seed, _CARVE, c).permutation(pos)
+        perm = _rng(seed, purpose, c).permutation(pos)
         val.append(perm[:n_val])
         train.append(perm[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def carve_test(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (rest, test) positions, as carve_val, with one fixed seed for every run."""
+    return carve_val(labels, fraction, TEST_SEED, purpose=_CARVE_TEST, field="data.test_fraction")
 
 
 def per_class_subset(labels: np.ndarray, positions: np.ndarray, n: int, seed: int,

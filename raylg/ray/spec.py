@@ -56,7 +56,7 @@ class ResourcesSpec:
 
 
 # the fields of a trial's config that its teacher learns from too: a teacher per data setting
-TEACHER_INHERITS = ["data.name", "data.root", "data.per_class", "data.split_seed", "data.val_fraction"]
+TEACHER_INHERITS = ["data.name", "data.root", "data.per_class", "data.split_seed", "data.val_fraction", "data.test_fraction"]
 
 
 @dataclass
