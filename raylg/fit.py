@@ -140,7 +140,8 @@ def _set_epoch(loader, seed: int, epoch: int) -> None:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
+    """A tqdm bar over the epoch's steps when run.progress is on and stderr is a terminal."""
+    if not (enabled and sys.stderr.isatty()):
         return None
     from tqdm.auto import tqdm
 

@@ -22,7 +22,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from raylg import config as config_lib, storage
 from raylg.ray import teachers as teachers_lib
-from raylg.ray.console import Console, route_library_logs
+from raylg.ray.console import Console, plan, route_library_logs
 from raylg.ray.spec import ARM, SEED, Sweep, relative
 from raylg.ray.trainer import EPOCHS_DONE, make_trainer
 from raylg.tracking import Tracker, check_reachable, default_uri
@@ -251,10 +251,12 @@ def run(sweep: Sweep, *, log=print) -> list[dict[str, Any]]:
     resume = check_identity(sweep, paths)
     paths.local.mkdir(parents=True, exist_ok=True)
     uri = sweep.spec.mlflow_uri or default_uri(paths.local)
-    check_reachable(uri)
     route_library_logs(paths.local / "driver.log")
+    check_reachable(uri)
     logs = _init_ray(uri)
     check_resources(sweep)
+    log(f"sweep {sweep.spec.name}: {'resuming' if resume else 'starting'} {plan(sweep)}; storage {paths.storage}/{sweep.spec.name}; MLflow {uri}")
+    log(f"logs: Ray, Tune and MLflow in {paths.local / 'driver.log'}; what trials print in {logs or 'the Ray head node logs'}")
     teachers = resolve_teachers(sweep, paths, log)
     (paths.local / SWEEP_FILE).write_text(json.dumps(identity(sweep), indent=2, default=str))
 
@@ -268,8 +270,6 @@ def run(sweep: Sweep, *, log=print) -> list[dict[str, Any]]:
                                                        "teacher": teachers.fixed or sweep.spec.teacher.config or "none"},
                                 key=f"{paths.storage}/{sweep.spec.name}")
     tracking = {"uri": uri, "experiment_id": exp, "parent_id": parent}
-    log(f"sweep {sweep.spec.name}: {'resuming' if resume else 'starting'}; storage {paths.storage}/{sweep.spec.name}; MLflow {uri}")
-    log(f"logs: Ray, Tune and MLflow in {paths.local / 'driver.log'}; what trials print in {logs or 'the Ray head node logs'}")
     try:
         grid = _tuner(sweep, paths, _trial_fn(sweep, paths, teachers, tracking), resume, log).fit()
     except BaseException:
