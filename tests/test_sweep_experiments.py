@@ -122,6 +122,8 @@ def test_next_sweep_reuses_the_teachers_and_a_diverging_arm_fails_the_job(experi
     console = out.stdout + out.stderr  # one line per event; Ray's and Tune's routine logging goes to driver.log
     for noise in ("Checkpoint successfully created", "snapshotting", "Running in local mode", "repeated", "TensorBoard"):
         assert noise not in console, noise
+    assert console.startswith("sweep diverge: starting 4 trials (2 arms x 1 seed x 2 per_class); storage "), console[:300]
+    assert "INFO mlflow" not in console  # MLflow's store set-up logging goes to driver.log too
     assert console.count("): started") == 4 and console.count(" epoch 1/1: val top-1 ") == 2
     assert console.count("): failed: ") == 2 and console.count("): finished") == 2
     assert (tmp / "store" / "diverge" / "driver.log").stat().st_size > 0
@@ -129,6 +131,24 @@ def test_next_sweep_reuses_the_teachers_and_a_diverging_arm_fails_the_job(experi
     status = {(k.data.tags["arm"], k.data.tags["data.per_class"]): k.info.status for k in kids}
     assert status == {("lg", "20"): "FINISHED", ("lg", "40"): "FINISHED", ("diverge", "20"): "FAILED", ("diverge", "40"): "FAILED"}
     assert parent.info.status == "FINISHED"
+
+
+def test_the_default_sweep_is_an_experiment_that_reaches_a_verdict():
+    """python jobs/sweep.py with no arguments: baseline vs LG, 2 seeds, 20 digits per class, a carved
+    test split, every trial to the end (no scheduler dropping a seed from its arm's mean)."""
+    import sweep as sweep_job
+
+    from raylg.preflight import preflight
+    from raylg.ray.console import plan
+
+    s = spec_lib.load(sweep_job.DEFAULT, check=preflight)
+    assert plan(s) == "4 trials (2 arms x 2 seeds)" and s.baseline_arm == "baseline" and not s.asha
+    cfgs = [s.trial_config({"arm": a, "seed": k}) for a in s.spec.arms for k in s.spec.seeds]
+    assert sorted({c.guidance.locality.beta for c in cfgs}) == [0.0, 2.5]
+    assert {(c.data.name, c.data.per_class, c.data.test_fraction) for c in cfgs} == {("digits", 20, 0.3)}
+    assert sorted({c.data.split_seed for c in cfgs}) == [1, 2]
+    teacher = teachers_lib.teacher_config(s, cfgs[0])  # learns from the trial's own images only
+    assert (teacher.data.per_class, teacher.data.test_fraction, teacher.data.split_seed) == (20, 0.3, cfgs[0].data.split_seed)
 
 
 # --- bad input: refused at load, before Ray starts ----------------------------------------
