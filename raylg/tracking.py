@@ -239,6 +239,19 @@ def dataset_inputs(info: dict[str, Any], teacher_uri: str = "") -> list:
     return out
 
 
+def _log_inputs(client, run_id: str, datasets: list, tries: int = 4) -> None:
+    """log_inputs, again when a concurrent run created the same dataset row first: MLflow's store
+    gets-or-creates a dataset (experiment, name, digest) without a lock, so two trials of one seed
+    that start together can both try to insert it; the loser's transaction is rolled back whole."""
+    for attempt in range(tries):
+        try:
+            return client.log_inputs(run_id, datasets=datasets)
+        except Exception as e:  # MlflowException from a server, SQLAlchemy's IntegrityError from a local store
+            if attempt == tries - 1 or not any(w in str(e) for w in ("IntegrityError", "UNIQUE constraint", "unique constraint")):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
 class SystemMetrics:
     """MLflow's system metrics monitor (CPU, memory, disk, network; GPU through nvidia-ml-py when
     there is one) on one run, by its id, sampling every `interval` s (MLflow's
@@ -297,7 +310,7 @@ class MlflowCallback(Callback):
             self.tracker.log_params(self.run_id, resolved)
         if not run.inputs.dataset_inputs:  # a restarted trial logged them already
             teacher = self.teacher_uri or (cfg.guidance.locality.shards if cfg.guidance.locality.source == "shards" else cfg.teacher.path)
-            client.log_inputs(self.run_id, datasets=dataset_inputs(info, teacher))
+            _log_inputs(client, self.run_id, dataset_inputs(info, teacher))
         client.log_text(self.run_id, config_lib.dump(cfg), "config.yaml")
         client.log_dict(self.run_id, info, "data.json")
         if self.system_metrics:
