@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from raylg import config as config_lib, data, features, teacher as teacher_lib  # noqa: E402
+from raylg import config as config_lib, data, engine, features, teacher as teacher_lib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "jobs" / "configs" / "digits-tiny.yaml"
@@ -265,11 +265,7 @@ def bench_step(args, local: str) -> None:
                 task, opt, _ = arms[k]
                 task.train()
                 t0 = time.perf_counter()
-                out = task(batch)
-                loss = sum(out["losses"].values())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                engine.train_step(task, batch, opt, device=torch.device("cpu"))
                 if i >= 2:  # the first two steps warm up
                     times[k].append(time.perf_counter() - t0)
         # the targets alone (what shards replace)
