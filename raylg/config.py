@@ -378,11 +378,9 @@ def dump(cfg) -> str:
 
 def save(cfg, path: str | Path) -> None:
     """Write the resolved config atomically (temporary name, then rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(dump(cfg))
-    tmp.replace(p)
+    from raylg.files import write_text_atomic
+
+    write_text_atomic(path, dump(cfg))
 
 
 def diff(a, b, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
+from raylg.files import write_text_atomic
 from raylg.ray import verdict as verdict_lib
 from raylg.ray.spec import ARM, SEED
 from raylg.tracking import STOPPED_EARLY, Tracker
@@ -212,9 +213,7 @@ def write_verdict(sweep, rows: list[dict[str, Any]], out_dir: Path) -> tuple[str
     for suffix, content in ((".md", verdict_lib.markdown(v, fields, sweep.baseline_arm)), (".csv", verdict_lib.to_csv(v, fields)),
                             (".json", verdict_lib.to_json(v, rows, fields, sweep.baseline_arm))):
         path = out_dir / f"{VERDICT}{suffix}"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(content)
-        tmp.replace(path)
+        write_text_atomic(path, content)
         files.append(path)
     if any(x["n"] for x in v):
         files.append(verdict_lib.plot(v, rows, fields, out_dir / f"{VERDICT}.png"))
