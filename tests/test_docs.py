@@ -1,5 +1,5 @@
 """The commands the docs show run as written: every `python jobs/X.py ...` line in a code block of
-README.md or docs/*.md names a job that exists, only flags its --help lists, every option the job
+README.md, docs/*.md or infra/README.md names a job that exists, only flags its --help lists, every option the job
 requires, and config files that exist.
 
 Each job's `--help` runs once, in this process (runpy, as `python jobs/X.py --help` runs it), so
@@ -21,7 +21,7 @@ import pytest
 
 from conftest import ROOT
 
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "infra" / "README.md"]
 
 
 def code_lines(text: str) -> list[str]:

@@ -206,7 +206,7 @@ def test_replay_brings_real_teacher_maps_closer_to_the_teacher_on_the_crop(digit
     """A real CNN is not scale- or mirror-equivariant, so replay is an approximation (the reference's
     offline rule); on crops it must still come far closer than ignoring the crop. (Flips are checked
     exactly on the ramp above; a teacher trained without flips, like this digits one, gives mirrored
-    maps that differ from its maps of the mirrored image, see the README.)"""
+    maps that differ from its maps of the mirrored image, see docs/shards.md.)"""
     cfg = config_lib.load(TINY, {"data.hflip": 0.0, "data.scale_min": 0.35, "data.per_class": PER_CLASS}).data
     t = GeometryCompose([u for u in train_transform(cfg, bundle.mean, bundle.std, 1).transforms if not isinstance(u, T.ColorJitter)])
     precompute(str(digits_teacher), bundle, str(tmp_path / "f"), batch_size=64, progress=False)
