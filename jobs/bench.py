@@ -140,7 +140,8 @@ def compare_precisions(args, cases) -> None:
     native, why = precision_lib.native_bf16(torch.device(args.device))
     print(f"device {args.device} ({why}; native bf16: {native}), batch {args.batch_size}, "
           f"median of {args.steps} steps after {args.warmup} warm-up")
-    print(f"{'student':24s} {'px':>4s} {'arm':>8s} {'precision':>10s} {'runs as':>8s} {'s/step':>8s} {'img/s':>8s} {'vs fp32':>8s}")
+    print(f"{'student':24s} {'px':>4s} {'arm':>8s} {'precision':>10s} {'runs as':>8s} {'s/step':>8s} {'img/s':>8s} "
+          f"{'vs fp32':>8s}")
     for model, size in cases:
         for lg in ([False] if args.no_lg else [False, True]):
             base = None

@@ -181,7 +181,8 @@ def test_fingerprint_tracks_the_subset():
 
 
 def test_per_class_larger_than_a_class_names_it():
-    with pytest.raises(DataError, match=r"per_class=170: class '\d' \(label \d\) has only 1\d\d images in train after carving val"):
+    with pytest.raises(DataError, match=r"per_class=170: class '\d' \(label \d\) has only 1\d\d images in train "
+                                         r"after carving val"):
         build(cfg(per_class=170))
 
 
@@ -238,7 +239,8 @@ def test_fashion_mnist_real():
 
 
 def test_fashion_mnist_missing_and_corrupt(tmp_path):
-    with pytest.raises(DataError, match=r"looked for train-images-idx3-ubyte.gz .* in '.*nowhere'.*apt-get install dataset-fashion-mnist"):
+    with pytest.raises(DataError, match=r"looked for train-images-idx3-ubyte.gz .* in '.*nowhere'"
+                                         r".*apt-get install dataset-fashion-mnist"):
         build(cfg(name="fashion_mnist", root=str(tmp_path / "nowhere")))
     for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (tmp_path / f"{stem}.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big") + b"\x00" * 12))

@@ -15,7 +15,6 @@ import runpy
 import shlex
 import sys
 from functools import cache
-from pathlib import Path
 
 import pytest
 

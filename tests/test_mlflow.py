@@ -74,7 +74,8 @@ def test_trials_nest_under_their_sweep_and_record_data_teacher_and_system_metric
             data = json.loads((sweeps["tmp"] / s / NAME / "trials" / trial / "data.json").read_text())
             inputs = {(i.dataset.name, next(t.value for t in i.tags if t.key == "mlflow.data.context")): i.dataset
                       for i in run.inputs.dataset_inputs}
-            want = {("digits-train", "train"), ("digits-val", "val")} | ({("teacher-resnet20_cifar", "teacher")} if row["beta"] else set())
+            teacher = {("teacher-resnet20_cifar", "teacher")} if row["beta"] else set()
+            want = {("digits-train", "train"), ("digits-val", "val")} | teacher
             assert set(inputs) == want, (trial, set(inputs))
             for split in ("train", "val"):
                 sha = data["splits"]["splits"][split]["sha256"]
@@ -130,7 +131,8 @@ def test_plain_run_is_recorded_the_same_way(mlflow_server, tmp_path):
     import train
 
     train.main(["--out", str(tmp_path), "--name", "plain", "--set", "run.progress=false", "--set", "schedule.epochs=1",
-                "--set", "schedule.warmup_epochs=0", "--set", "run.max_train_batches=2", "--mlflow-uri", mlflow_server.url, "--mlflow-experiment", "plain-runs"])
+                "--set", "schedule.warmup_epochs=0", "--set", "run.max_train_batches=2", "--mlflow-uri", mlflow_server.url,
+                "--mlflow-experiment", "plain-runs"])
     client = MlflowClient(mlflow_server.url)
     exp = client.get_experiment_by_name("plain-runs")
     assert exp.tags[EXPERIMENT_KIND] == "custom_model_development"

@@ -46,7 +46,8 @@ def first_error_line(error) -> str:
     """The line of a trial's error that says what went wrong (the exception's own message, not
     the Ray wrappers or traceback frames around it)."""
     lines = [l.strip() for l in str(error).splitlines() if l.strip()]
-    msgs = [l for l in lines if not l.startswith(("File ", "Traceback", "^", "~", "ray::", "The above exception", "During handling"))
+    noise = ("File ", "Traceback", "^", "~", "ray::", "The above exception", "During handling")
+    msgs = [l for l in lines if not l.startswith(noise)
             and ("Error" in l.split(":")[0] or "Exception" in l.split(":")[0] or "Loss" in l.split(":")[0])]
     return (msgs[-1] if msgs else (lines[-1] if lines else type(error).__name__))[:400]
 
