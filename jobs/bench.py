@@ -133,9 +133,9 @@ def main(argv=None) -> None:
 
 
 def compare_precisions(args, cases) -> None:
-    from raylg import precision as precision_lib
-
     import torch
+
+    from raylg import precision as precision_lib
 
     native, why = precision_lib.native_bf16(torch.device(args.device))
     print(f"device {args.device} ({why}; native bf16: {native}), batch {args.batch_size}, "

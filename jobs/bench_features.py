@@ -16,7 +16,6 @@ accuracy    final val top-1 of the digits preset, online teacher vs shards, same
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics

@@ -21,10 +21,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from raylg.config import ConfigError
-from raylg.guidance import (Context, DenseRelativeLocalization, DistillationToken, LocalityGuidance, LogitDistillation,
-                            PatchShuffle, TeacherOut, build_relvit_terms, teacher_logit_classes)
-from raylg.models import (STUDENTS, ModelError, block_channels, create_classifier, default_layer_map, distilled_variant,
-                          forward_trunk, has_token_grid, resolve_blocks as check_blocks, student_family, token_grid)
+from raylg.guidance import (
+    Context,
+    DenseRelativeLocalization,
+    DistillationToken,
+    LocalityGuidance,
+    LogitDistillation,
+    PatchShuffle,
+    TeacherOut,
+    build_relvit_terms,
+    teacher_logit_classes,
+)
+from raylg.models import (
+    STUDENTS,
+    ModelError,
+    block_channels,
+    create_classifier,
+    default_layer_map,
+    distilled_variant,
+    forward_trunk,
+    has_token_grid,
+    resolve_blocks as check_blocks,
+    student_family,
+    token_grid,
+)
 from raylg.models.families import model_name
 
 TargetFn = Callable[[dict], TeacherOut]

@@ -256,7 +256,6 @@ class MlflowServer:
     Started in its own process group, which is stopped by the PID of the process started here."""
 
     def __init__(self, root: Path, auth: bool = False):
-        import json
         import os
         import subprocess
         import time

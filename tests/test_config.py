@@ -2,8 +2,7 @@ import math
 
 import pytest
 
-from raylg import config as C
-from raylg import schedule
+from raylg import config as C, schedule
 
 
 def test_defaults_follow_the_paper_recipe():

@@ -10,15 +10,23 @@ import pytest
 import timm
 import torch
 
+from conftest import random_images, seeded_student
 from raylg import config as config_lib
 from raylg.config import ModelConfig
-from raylg.models import (STUDENTS, ModelError, block_channels, create_student, default_layer_map, forward_with_blocks,
-                          num_blocks, token_grid)
+from raylg.models import (
+    STUDENTS,
+    ModelError,
+    block_channels,
+    create_student,
+    default_layer_map,
+    forward_with_blocks,
+    num_blocks,
+    token_grid,
+)
 from raylg.models.cvt import CvT
 from raylg.models.factory import PUBLISHED_AT, PUBLISHED_PARAMS, param_count, student_family
 from raylg.preflight import preflight
 from raylg.task import _token_grid_size, build_task, check_terms
-from conftest import random_images, seeded_student
 
 CVT = ["cvt_13", "cvt_13_s2_32"]
 

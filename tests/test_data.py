@@ -19,8 +19,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader
 
 from raylg.config import DataConfig
-from raylg.data import DATASETS, DataError, build
-from raylg.data import cifar
+from raylg.data import DATASETS, DataError, build, cifar
 from raylg.data.archive import md5sum
 from raylg.data.transforms import safe_posterize, train_transform
 

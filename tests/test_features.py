@@ -19,7 +19,7 @@ from PIL import Image
 from conftest import TINY, tiny_config
 from raylg import config as config_lib, data, storage, teacher as teacher_lib
 from raylg.data.transforms import GeometryCompose, clean_transform, train_transform
-from raylg.features import FeatureError, FeatureStore, ShardTeacher, for_run, precompute, read_manifest, replay
+from raylg.features import FeatureError, FeatureStore, ShardTeacher, precompute, read_manifest, replay
 from raylg.fit import fit, setup
 
 PER_CLASS = 8  # 80 training images: every feature set here is ~4.6 MB

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, TINY, free_port
+from conftest import TINY, free_port
 from raylg.ray import spec as spec_lib, sweep as sweep_lib
 from raylg.tracking import EXPERIMENT_KIND, MAX_DIGEST, ui_url
 
@@ -151,7 +151,6 @@ def test_fit_calls_its_callbacks_and_a_diverging_plain_run_ends_failed(tmp_path,
     """The seam itself (no MLflow): on_start with data.json, a row per epoch, on_end; then a run
     that diverges: jobs/train.py exits 1 and its MLflow run ends FAILED naming the error."""
     import train
-
     from conftest import tiny_config
     from raylg.fit import Callback, fit
 

@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 
+from conftest import random_images, same, seeded_student
 from raylg.config import ModelConfig
 from raylg.models import (
     STUDENTS,
@@ -22,7 +23,6 @@ from raylg.models import (
     forward_with_blocks,
     num_blocks,
 )
-from conftest import random_images, same, seeded_student
 
 PAPER_STUDENTS = ["deit_tiny_patch16_224", "pit_ti_224", "pvt_v2_b0", "convit_tiny"]
 

@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 
+from conftest import random_images, same, seeded_student
 from raylg.models import (
     STUDENTS,
     ModelError,
@@ -20,7 +21,6 @@ from raylg.models import (
     num_blocks,
 )
 from raylg.models.factory import PUBLISHED_AT, PUBLISHED_PARAMS, param_count
-from conftest import random_images, same, seeded_student
 
 NEW = ["t2t_vit_7", "t2t_vit_14", "pvt_tiny", "cct_7_3x1_32"]
 

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-import ray.cloudpickle as cloudpickle
 import pytest
+import ray.cloudpickle as cloudpickle
 import yaml
 from mlflow.tracking import MlflowClient
 
