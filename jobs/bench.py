@@ -5,7 +5,7 @@
     python jobs/bench.py --params             # parameter counts of every student vs the published ones
     python jobs/bench.py --precisions fp32 bf16 auto --no-lg   # step time per run.precision (auto: what it resolves to)
 
-A step is forward + backward + AdamW step of the whole task (student, aligners; with LG the
+A step is raylg.engine.train_step (forward + backward + AdamW step) of the whole task (student, aligners; with LG the
 ResNet-56 teacher runs on the batch resized to 32px, BN in train mode as in the reference).
 Inputs are random tensors: data loading is not part of the step. Each configuration runs in
 its own process so peak memory is its own (CUDA: max allocated; CPU: peak RSS of that process,
@@ -57,12 +57,7 @@ def one(model: str, img_size: int, batch_size: int, steps: int, warmup: int, lg:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with engine.autocast(dev, resolved):
-            out = task(batch)
-        loss = sum(out["losses"].values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        engine.train_step(task, batch, opt, device=dev, precision=resolved)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
@@ -138,14 +133,15 @@ def main(argv=None) -> None:
 
 
 def compare_precisions(args, cases) -> None:
-    from raylg import precision as precision_lib
-
     import torch
+
+    from raylg import precision as precision_lib
 
     native, why = precision_lib.native_bf16(torch.device(args.device))
     print(f"device {args.device} ({why}; native bf16: {native}), batch {args.batch_size}, "
           f"median of {args.steps} steps after {args.warmup} warm-up")
-    print(f"{'student':24s} {'px':>4s} {'arm':>8s} {'precision':>10s} {'runs as':>8s} {'s/step':>8s} {'img/s':>8s} {'vs fp32':>8s}")
+    print(f"{'student':24s} {'px':>4s} {'arm':>8s} {'precision':>10s} {'runs as':>8s} {'s/step':>8s} {'img/s':>8s} "
+          f"{'vs fp32':>8s}")
     for model, size in cases:
         for lg in ([False] if args.no_lg else [False, True]):
             base = None

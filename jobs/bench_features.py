@@ -16,7 +16,6 @@ accuracy    final val top-1 of the digits preset, online teacher vs shards, same
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from raylg import config as config_lib, data, features, teacher as teacher_lib  # noqa: E402
+from raylg import config as config_lib, data, engine, features, teacher as teacher_lib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "jobs" / "configs" / "digits-tiny.yaml"
@@ -101,7 +100,8 @@ def bench_read(args, local: str, work: Path) -> None:
     t0 = time.perf_counter()
     n = _gather_all(store)
     t_gather = time.perf_counter() - t0
-    print(f"read local: open (sha256 verify + memory map) {mb / t_open:.0f} MB/s ({mb:.0f} MB in {t_open:.2f}s, page cache warm); "
+    print(f"read local: open (sha256 verify + memory map) {mb / t_open:.0f} MB/s ({mb:.0f} MB in {t_open:.2f}s, "
+          "page cache warm); "
           f"gather every row in batches of 256 {n / 1e6 / t_gather:.0f} MB/s")
 
     # the same table as Parquet (uncompressed, no dictionary) read back to numpy
@@ -121,7 +121,8 @@ def bench_read(args, local: str, work: Path) -> None:
 
     for name, fn, size in (("arrow-ipc (mmap)", ipc_read, path.stat().st_size), ("parquet", pq_read, pq_path.stat().st_size)):
         best = min(_timed(fn) for _ in range(args.repeats))
-        print(f"read format {name}: {size / 1e6 / best:.0f} MB/s into numpy arrays ({size / 1e6:.0f} MB file, {best * 1000:.0f} ms)")
+        print(f"read format {name}: {size / 1e6 / best:.0f} MB/s into numpy arrays ({size / 1e6:.0f} MB file, "
+              f"{best * 1000:.0f} ms)")
 
     if args.s3:
         proc = moto_server()
@@ -231,7 +232,8 @@ def bench_replay(args, local: str) -> None:
                 rel = [float((st.stages[s] - online[s]).pow(2).mean() / online[s].var()) for s in range(len(online))]
                 plain = [float((store.gather(batch["index"].numpy(), s).float() - online[s]).pow(2).mean() / online[s].var())
                          for s in range(len(online))]
-                line.append(f"vs online bn={bn}: replay {'/'.join(f'{r:.3f}' for r in rel)} (no replay {'/'.join(f'{p:.3f}' for p in plain)})")
+                line.append(f"vs online bn={bn}: replay {'/'.join(f'{r:.3f}' for r in rel)} "
+                            f"(no replay {'/'.join(f'{p:.3f}' for p in plain)})")
             print(f"replay hflip={hflip} scale_min={smin}: relative MSE per stage " + "; ".join(line))
 
 
@@ -257,7 +259,8 @@ def bench_step(args, local: str) -> None:
         arms = {k: _step_task(c) for k, c in cfgs.items()}
         ds = data.build(cfgs["shards"].data).train
         torch.manual_seed(0)
-        batches = list(b for _, b in zip(range(args.steps + 2), DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True)))
+        loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True)
+        batches = list(b for _, b in zip(range(args.steps + 2), loader))
         times = {k: [] for k in arms}
         for i, batch in enumerate(batches):
             order = list(arms) if i % 2 == 0 else list(reversed(arms))  # interleave: load drift hits every arm alike
@@ -265,11 +268,7 @@ def bench_step(args, local: str) -> None:
                 task, opt, _ = arms[k]
                 task.train()
                 t0 = time.perf_counter()
-                out = task(batch)
-                loss = sum(out["losses"].values())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                engine.train_step(task, batch, opt, device=torch.device("cpu"))
                 if i >= 2:  # the first two steps warm up
                     times[k].append(time.perf_counter() - t0)
         # the targets alone (what shards replace)
@@ -299,16 +298,19 @@ def bench_accuracy(args, local: str, work: Path) -> None:
     res: dict[str, list[float]] = {k: [] for k in arms}
     for seed in args.seeds:
         for k, o in arms.items():
+            name = f"{k.replace('(', '-').replace(')', '').replace('=', '')}-{seed}"
             cfg = config_lib.load(TINY, {**o, "run.seed": seed, "run.progress": False, "schedule.epochs": args.epochs,
-                                         "run.out_dir": str(work / "acc"), "run.name": f"{k.replace('(', '-').replace(')', '').replace('=', '')}-{seed}"})
+                                         "run.out_dir": str(work / "acc"), "run.name": name})
             t0 = time.perf_counter()
             summary = fit(cfg, Path(cfg.run.out_dir) / cfg.run.name)
             res[k].append(summary["last"]["val/top1"])
-            print(f"accuracy {k} seed {seed}: final val top-1 {summary['last']['val/top1']:.2f}% (best {summary['best']['val/top1']:.2f}%), "
+            print(f"accuracy {k} seed {seed}: final val top-1 {summary['last']['val/top1']:.2f}% "
+                  f"(best {summary['best']['val/top1']:.2f}%), "
                   f"{time.perf_counter() - t0:.0f}s", flush=True)
     for k, v in res.items():
         sd = statistics.stdev(v) if len(v) > 1 else float("nan")
-        print(f"accuracy {k}: final val top-1 over seeds {args.seeds}: mean {statistics.mean(v):.2f}% sd {sd:.2f} ({', '.join(f'{x:.2f}' for x in v)})")
+        print(f"accuracy {k}: final val top-1 over seeds {args.seeds}: mean {statistics.mean(v):.2f}% sd {sd:.2f} "
+              f"({', '.join(f'{x:.2f}' for x in v)})")
 
 
 def main(argv=None) -> None:
@@ -329,7 +331,8 @@ def main(argv=None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAYLG_FEATURE_CACHE", str(work / "cache"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; scratch {work}", flush=True)
-    local = bench_precompute(args, work) if "precompute" in only or not (work / "local" / "manifest.json").exists() else str(work / "local")
+    have = (work / "local" / "manifest.json").exists()
+    local = bench_precompute(args, work) if "precompute" in only or not have else str(work / "local")
     if "read" in only:
         bench_read(args, local, work)
     if "share" in only:

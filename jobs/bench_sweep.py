@@ -69,7 +69,8 @@ def main(argv=None) -> None:
     print(f"steady epoch, plain loop:           {steady_plain:7.2f} s  (epochs 2..: {', '.join(f'{t:.2f}' for t in plain[1:])})")
     print(f"steady epoch, 1-worker TorchTrainer:{steady_ray:7.2f} s  (epochs 2..: {', '.join(f'{t:.2f}' for t in rayt[1:])})")
     print(f"ratio TorchTrainer / plain:         {steady_ray / steady_plain:7.3f}   (goal <= 1.05)")
-    print(f"fixed cost of a trial (wall - epochs): TorchTrainer {ray_wall - sum(rayt):.1f} s, plain {plain_wall - sum(plain):.1f} s")
+    print(f"fixed cost of a trial (wall - epochs): TorchTrainer {ray_wall - sum(rayt):.1f} s, "
+          f"plain {plain_wall - sum(plain):.1f} s")
 
     # a sweep: wall time vs the sum of its trials' training time
     sweep_file = tmp / "sweep.yaml"

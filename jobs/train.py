@@ -13,7 +13,6 @@ refuses is reported before any training. --resume continues the MLflow run of th
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,16 +25,13 @@ DEFAULT = str(Path(__file__).resolve().parent / "configs" / "digits-tiny.yaml")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_config_args(parser, DEFAULT)
-    parser.add_argument("--out", help="output root (sets run.out_dir)")
-    parser.add_argument("--name", help="run name (sets run.name); the run writes to OUT/NAME")
+    parser = cli.run_parser(__doc__, DEFAULT, name_help="run name (sets run.name); the run writes to OUT/NAME")
     parser.add_argument("--resume", action="store_true", help="continue OUT/NAME from its last checkpoint")
     parser.add_argument("--mlflow-uri", help="record the run in MLflow: a tracking server (http://HOST:5000) or store "
                                              "(sqlite:///path/mlflow.db)")
     parser.add_argument("--mlflow-experiment", help="MLflow experiment (default: the run's name, run.name)")
     args = parser.parse_args(argv)
-    extra = {k: v for k, v in (("run.out_dir", args.out), ("run.name", args.name)) if v}
+    extra = cli.run_overrides(args)
     if args.resume:
         extra["run.resume"] = True
     cfg = run_dir = None

@@ -10,7 +10,6 @@ dataset fingerprint, config, sha256 of the weights). Students point teacher.path
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,18 +22,13 @@ DEFAULT = str(Path(__file__).resolve().parent / "configs" / "teacher-digits-tiny
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_config_args(parser, DEFAULT)
-    parser.add_argument("--out", help="output root (sets run.out_dir)")
-    parser.add_argument("--name", help="run name (sets run.name)")
-    args = parser.parse_args(argv)
-    extra = {k: v for k, v in (("run.out_dir", args.out), ("run.name", args.name)) if v}
+    args = cli.run_parser(__doc__, DEFAULT).parse_args(argv)
     try:
         from raylg import teacher
         from raylg.fit import fit
         from raylg.preflight import preflight
 
-        cfg = cli.load_config(args, extra)
+        cfg = cli.load_config(args, cli.run_overrides(args))
         preflight(cfg)
         run_dir = Path(cfg.run.out_dir) / cfg.run.name
         fit(cfg, run_dir)

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file  # noqa: F401  (load_file: re-exported for readers)
 
 from raylg import config as config_lib
+from raylg.files import atomic_path
 
 MODEL_FILE, OPTIM_FILE, STATE_FILE, CONFIG_FILE = "model.safetensors", "optimizer.safetensors", "state.json", "config.yaml"
 
@@ -145,8 +146,6 @@ def load(directory: str | Path, *, module: torch.nn.Module, optimizer: torch.opt
 def export_weights(module: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
     """Write one module's weights (e.g. the student alone, for inference) atomically."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp), metadata=metadata)
-    tmp.replace(p)
+    with atomic_path(p) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp), metadata=metadata)
     return p

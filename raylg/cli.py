@@ -8,12 +8,25 @@ import sys
 from raylg import config as config_lib
 
 
-
 def add_config_args(parser: argparse.ArgumentParser, default: str | None) -> None:
     parser.add_argument("--config", default=default,
                         help=f"YAML config (default: {default}); a 'base: other.yaml' key inherits another file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field by dotted key, e.g. --set optim.lr=1e-3 --set data.per_class=50 (repeatable)")
+
+
+def run_parser(doc: str, default: str, name_help: str = "run name (sets run.name)") -> argparse.ArgumentParser:
+    """The parser of a job that trains one run: --config, --set, --out (run.out_dir) and --name (run.name)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser, default)
+    parser.add_argument("--out", help="output root (sets run.out_dir)")
+    parser.add_argument("--name", help=name_help)
+    return parser
+
+
+def run_overrides(args: argparse.Namespace) -> dict:
+    """run.out_dir and run.name from --out and --name, where given."""
+    return {k: v for k, v in (("run.out_dir", args.out), ("run.name", args.name)) if v}
 
 
 def load_config(args: argparse.Namespace, extra: dict | None = None, cls=config_lib.Config):

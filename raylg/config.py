@@ -381,11 +381,9 @@ def dump(cfg) -> str:
 
 def save(cfg, path: str | Path) -> None:
     """Write the resolved config atomically (temporary name, then rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(dump(cfg))
-    tmp.replace(p)
+    from raylg.files import write_text_atomic
+
+    write_text_atomic(path, dump(cfg))
 
 
 def diff(a, b, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
@@ -426,17 +424,20 @@ def validate(cfg: Config) -> None:
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas, "two values in [0, 1)")
     _check(o.clip_grad >= 0, "optim.clip_grad", o.clip_grad, ">= 0; 0 = off")
     _check(s.epochs >= 1, "schedule.epochs", s.epochs, ">= 1")
-    _check(0 <= s.warmup_epochs < s.epochs or s.warmup_epochs == 0, "schedule.warmup_epochs", s.warmup_epochs, f"in [0, schedule.epochs={s.epochs})")
+    _check(0 <= s.warmup_epochs < s.epochs or s.warmup_epochs == 0, "schedule.warmup_epochs", s.warmup_epochs,
+           f"in [0, schedule.epochs={s.epochs})")
     _check(s.warmup_lr >= 0, "schedule.warmup_lr", s.warmup_lr, ">= 0")
     _check(0 <= s.min_lr <= o.lr, "schedule.min_lr", s.min_lr, f"in [0, optim.lr={o.lr}]")
     _check(math.isfinite(g.beta) and g.beta >= 0, "guidance.locality.beta", g.beta, ">= 0 and finite")
     _check(t.img_size >= 8, "teacher.img_size", t.img_size, ">= 8")
     if t.path:
-        _check(t.img_size <= d.img_size, "teacher.img_size", t.img_size, f"<= data.img_size={d.img_size}: the teacher sees the student's image downsampled")
+        _check(t.img_size <= d.img_size, "teacher.img_size", t.img_size,
+               f"<= data.img_size={d.img_size}: the teacher sees the student's image downsampled")
     if g.student_blocks:
         _check(len(g.student_blocks) == len(g.teacher_stages), "guidance.locality.student_blocks", g.student_blocks,
                f"one block per teacher stage; teacher_stages has {len(g.teacher_stages)}")
-    _check(len(set(g.teacher_stages)) == len(g.teacher_stages), "guidance.locality.teacher_stages", g.teacher_stages, "distinct stages")
+    _check(len(set(g.teacher_stages)) == len(g.teacher_stages), "guidance.locality.teacher_stages", g.teacher_stages,
+           "distinct stages")
     if g.source == "shards":
         _check(bool(g.shards), "guidance.locality.shards", g.shards, "a manifest path or s3:// URI when source is shards")
     _check(r.max_train_batches >= 0, "run.max_train_batches", r.max_train_batches, ">= 0")

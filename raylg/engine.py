@@ -170,6 +170,35 @@ def _scalar(v, device) -> torch.Tensor:
     return torch.tensor(float(v), dtype=torch.float64, device=device)
 
 
+def forward_losses(model: torch.nn.Module, batch: dict, *, device: torch.device,
+                   precision: str) -> tuple[torch.Tensor, dict, dict]:
+    """The first half of a training step: model(batch) under autocast -> (summed loss, loss terms, stats)."""
+    with precision_lib.autocast(device, precision):
+        out = model(batch)
+    losses = out["losses"]
+    return sum(losses.values()), losses, out.get("stats", {})
+
+
+def apply_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                    clip_grad: float = 0.0) -> None:
+    """The second half: backward, optional gradient-norm clipping, optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    optimizer.step()
+
+
+def train_step(model: torch.nn.Module, batch: dict, optimizer: torch.optim.Optimizer, *, device: torch.device,
+               precision: str = "fp32", clip_grad: float = 0.0) -> tuple[torch.Tensor, dict, dict]:
+    """One training step (what train_one_epoch does per batch, without its bookkeeping): forward under
+    autocast, sum the loss terms, backward, clip, step. Returns (loss, terms, stats); no host sync.
+    precision is resolved ("fp32" or "bf16"); the benchmarks time exactly this."""
+    loss, losses, stats = forward_losses(model, batch, device=device, precision=precision)
+    apply_gradients(model, optimizer, loss, clip_grad)
+    return loss, losses, stats
+
+
 def train_one_epoch(model: torch.nn.Module, loader: Iterable[dict], optimizer: torch.optim.Optimizer, *,
                     lr_at: Callable[[int], float], step: int, device: torch.device, precision: str = "fp32",
                     clip_grad: float = 0.0, max_batches: int = 0, progress=None,
@@ -197,11 +226,7 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable[dict], optimizer: t
         lr = lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        with precision_lib.autocast(device, precision):
-            out = model(batch)
-        losses = out["losses"]
-        stats = out.get("stats", {})
-        loss = sum(losses.values())
+        loss, losses, stats = forward_losses(model, batch, device=device, precision=precision)
         if keys is None:
             keys = [f"train/{k}" for k in losses] + [f"train/{k}" for k in stats] + ["train/loss"]
             acc = torch.zeros(len(keys), dtype=torch.float64, device=device)
@@ -214,11 +239,7 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable[dict], optimizer: t
         row = torch.cat([terms, torch.stack([_scalar(v, device) for v in stats.values()]) if stats else terms[:0],
                          _scalar(loss, device).view(1)])
         guard.record(step, lr, row[-1], terms)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        optimizer.step()
+        apply_gradients(model, optimizer, loss, clip_grad)
         n = batch["label"].shape[0]
         seen += n
         step += 1

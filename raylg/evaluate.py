@@ -44,6 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from raylg import checkpoint, config as config_lib, engine
+from raylg.files import atomic_path, write_text_atomic
 
 SPLITS = ("val", "test")
 RUN_HINT = ("a run directory (config.yaml with student.safetensors or checkpoints/best/), a checkpoint directory "
@@ -215,10 +216,9 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], title: str, pa
     ax.set_ylabel("true class")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path, ".tmp.png") as tmp:  # the suffix names the format for matplotlib
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -291,9 +291,7 @@ def evaluate(path: str | Path, split: str = "test", *, config: str | Path | None
         result["files"] = {"json": str(out_json), "png": str(png)}
         if tracker is not None:
             result["mlflow"] = _log(tracker, mlflow[1], result, prefix, out_json, png)
-        tmp = out_json.with_name(out_json.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(out_json)
+        write_text_atomic(out_json, json.dumps(result, indent=2))
         if tracker is not None:
             tracker.client.log_artifact(mlflow[1], str(out_json), artifact_path="evaluation")
     return result

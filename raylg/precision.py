@@ -101,7 +101,8 @@ def decide(requested: str, native: bool, why: str, device_type: str = "cpu", *, 
         return Resolved(requested, "bf16" if native else "fp32", native, why)
     if not native and warn:
         cost = ("on a CPU without AVX512-BF16/AMX, PyTorch emulates bf16 matmuls: a DeiT-Ti step measured ~10x slower "
-                "than fp32 (26.7 s vs 2.4 s at batch 32)" if device_type == "cpu" else "bf16 is emulated here and slower than fp32")
+                "than fp32 (26.7 s vs 2.4 s at batch 32)" if device_type == "cpu"
+                else "bf16 is emulated here and slower than fp32")
         warnings.warn(f"run.precision is 'bf16' but {why}; {cost}. Use run.precision: auto (bf16 only where it is native) "
                       "or fp32", PrecisionWarning, stacklevel=3)
     return Resolved(requested, "bf16", native, why)

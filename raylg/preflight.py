@@ -11,8 +11,8 @@ from raylg.config import ConfigError
 def preflight(cfg, *, teacher: bool = False) -> None:
     """`teacher`: a teacher will be there even though cfg names none yet (a sweep that trains
     its own), so LG's layer map is checked too."""
-    from raylg.data import DATASETS
     from raylg import teacher as teacher_lib
+    from raylg.data import DATASETS
     from raylg.task import check_terms
 
     if cfg.data.name not in DATASETS:

@@ -22,6 +22,8 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from raylg.files import write_bytes_atomic
+
 MAX_SINGLE_PUT = 5 * 2**30  # S3's limit for one PUT
 
 
@@ -172,11 +174,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         except Exception as e:
             raise _s3_error(e, uri, "write") from None
         return
-    dest = Path(uri)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, dest)
+    write_bytes_atomic(uri, data, suffix=f".tmp-{os.getpid()}", prefix=".")  # hidden: list_names must not see it
 
 
 def list_names(uri: str) -> list[str]:

@@ -21,10 +21,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from raylg.config import ConfigError
-from raylg.guidance import (Context, DenseRelativeLocalization, DistillationToken, LocalityGuidance, LogitDistillation,
-                            PatchShuffle, TeacherOut, build_relvit_terms, teacher_logit_classes)
-from raylg.models import (STUDENTS, ModelError, block_channels, create_classifier, default_layer_map, distilled_variant,
-                          forward_trunk, has_token_grid, resolve_blocks as check_blocks, student_family, token_grid)
+from raylg.guidance import (
+    Context,
+    DenseRelativeLocalization,
+    DistillationToken,
+    LocalityGuidance,
+    LogitDistillation,
+    PatchShuffle,
+    TeacherOut,
+    build_relvit_terms,
+    teacher_logit_classes,
+)
+from raylg.models import (
+    STUDENTS,
+    ModelError,
+    block_channels,
+    create_classifier,
+    default_layer_map,
+    distilled_variant,
+    forward_trunk,
+    has_token_grid,
+    resolve_blocks as check_blocks,
+    student_family,
+    token_grid,
+)
 from raylg.models.families import model_name
 
 TargetFn = Callable[[dict], TeacherOut]
@@ -224,7 +244,8 @@ def check_terms(cfg, *, in_chans: int = 3, num_classes: int = 10, teacher: bool 
     """build_task's student-side checks, on the meta device (no memory, no init, no data): the
     student builds at data.img_size, the distillation token has a DeiT-style student, LG's block
     map fits the student (when a teacher will be there), DRLoc and RelViT have a token grid, and
-    something trains when guidance.ce_weight is 0. The teacher-side checks (its logits, its stages) need the loaded teacher and stay in build_task."""
+    something trains when guidance.ce_weight is 0. The teacher-side checks (its logits, its stages) need the loaded
+    teacher and stay in build_task."""
     with torch.device("meta"):
         student = create_classifier(student_config(cfg), img_size=cfg.data.img_size, in_chans=in_chans,
                                     num_classes=num_classes)
@@ -256,7 +277,8 @@ def build_task(cfg, *, in_chans: int, num_classes: int, teacher_channels: list[i
         blocks = resolve_blocks(cfg, student)
         bad = [s for s in g.teacher_stages if not 0 <= s < len(teacher_channels)]
         if bad:
-            raise ModelError(f"guidance.locality.teacher_stages: {bad} out of range; the teacher has {len(teacher_channels)} stages")
+            raise ModelError(f"guidance.locality.teacher_stages: {bad} out of range; "
+                             f"the teacher has {len(teacher_channels)} stages")
         terms["lg"] = LocalityGuidance(blocks, block_channels(student, blocks), list(g.teacher_stages),
                                        [teacher_channels[s] for s in g.teacher_stages], beta=g.beta, transform=g.transform)
     if gd.drloc.weight > 0:

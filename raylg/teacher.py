@@ -13,7 +13,6 @@ statistics). Its parameters are never handed to an optimizer.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -23,19 +22,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from raylg.checkpoint import export_weights
+from raylg.files import sha256_file, write_text_atomic
 from raylg.guidance.base import TeacherOut
 
 
 class TeacherError(ValueError):
     pass
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def card_path(weights: str | Path) -> Path:
@@ -50,9 +42,7 @@ def save(model: torch.nn.Module, weights: str | Path, *, arch: str, in_chans: in
     card = {"arch": arch, "in_chans": in_chans, "num_classes": num_classes, "img_size": img_size,
             "stage_channels": stage_channels, "val_top1": val_top1, "fingerprint": fingerprint,
             "config": config, "weights": weights.name, "sha256": sha256_file(weights)}
-    tmp = card_path(weights).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(card, indent=2))
-    tmp.replace(card_path(weights))
+    write_text_atomic(card_path(weights), json.dumps(card, indent=2))
     return card
 
 

@@ -226,7 +226,8 @@ def dataset_inputs(info: dict[str, Any], teacher_uri: str = "") -> list:
         source_type, source = "code", {"dataset": d["name"], "loader": "raylg.data (bundled with its package)"}
     out = []
     for split, fp in d["splits"].items():
-        profile = {"count": fp["count"], "source_split": fp["source_split"], "per_class": d["per_class"] if split == "train" else 0,
+        profile = {"count": fp["count"], "source_split": fp["source_split"],
+                   "per_class": d["per_class"] if split == "train" else 0,
                    "split_seed": d["split_seed"], "sha256": fp["sha256"], "class_counts": fp.get("class_counts")}
         ds = Dataset(name=f"{d['name']}-{split}", digest=fp["sha256"][:MAX_DIGEST], source_type=source_type,
                      source=json.dumps(source), profile=json.dumps(profile))
@@ -309,7 +310,8 @@ class MlflowCallback(Callback):
         if resolved:
             self.tracker.log_params(self.run_id, resolved)
         if not run.inputs.dataset_inputs:  # a restarted trial logged them already
-            teacher = self.teacher_uri or (cfg.guidance.locality.shards if cfg.guidance.locality.source == "shards" else cfg.teacher.path)
+            shards = cfg.guidance.locality.source == "shards"
+            teacher = self.teacher_uri or (cfg.guidance.locality.shards if shards else cfg.teacher.path)
             _log_inputs(client, self.run_id, dataset_inputs(info, teacher))
         client.log_text(self.run_id, config_lib.dump(cfg), "config.yaml")
         client.log_dict(self.run_id, info, "data.json")

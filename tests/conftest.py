@@ -41,6 +41,31 @@ class CrashAfter(Hooks):
             raise Crash("simulated kill after the checkpoint was written")
 
 
+def seeded_student(name, img_size=32, in_chans=3, num_classes=10, drop_path=0.0, **kwargs):
+    """A student built the way runs build it, with torch's seed at 0 first (model tests)."""
+    import torch
+
+    from raylg.config import ModelConfig
+    from raylg.models import create_student
+
+    torch.manual_seed(0)
+    return create_student(ModelConfig(name=name, drop_path=drop_path, kwargs=kwargs), img_size, in_chans, num_classes)
+
+
+def random_images(img_size=32, in_chans=3, batch=2):
+    """A fixed batch of random images (seed 1)."""
+    import torch
+
+    return torch.randn(batch, in_chans, img_size, img_size, generator=torch.Generator().manual_seed(1))
+
+
+def same(a, b):
+    """Equal to float32 rounding (rtol and atol 1e-5)."""
+    import torch
+
+    return torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def mlflow_runs(store: Path, name: str):
     """(client, parent runs, trial runs) of sweep `name` in its default MLflow store under `store`."""
     from mlflow.tracking import MlflowClient
@@ -231,7 +256,6 @@ class MlflowServer:
     Started in its own process group, which is stopped by the PID of the process started here."""
 
     def __init__(self, root: Path, auth: bool = False):
-        import json
         import os
         import subprocess
         import time

@@ -2,8 +2,7 @@ import math
 
 import pytest
 
-from raylg import config as C
-from raylg import schedule
+from raylg import config as C, schedule
 
 
 def test_defaults_follow_the_paper_recipe():
@@ -36,7 +35,8 @@ def test_yaml_round_trip_and_base_include(tmp_path):
 
 
 def test_overrides_parse_yaml_values():
-    over = C.parse_set(["optim.lr=1e-3", "data.per_class=50", "model.kwargs.depth=4", "optim.betas=[0.9, 0.95]", "run.resume=true"])
+    over = C.parse_set(["optim.lr=1e-3", "data.per_class=50", "model.kwargs.depth=4", "optim.betas=[0.9, 0.95]",
+                        "run.resume=true"])
     cfg = C.load(None, over)
     assert cfg.optim.lr == 1e-3 and cfg.data.per_class == 50 and cfg.model.kwargs == {"depth": 4}
     assert cfg.optim.betas == [0.9, 0.95] and cfg.run.resume is True

@@ -10,25 +10,25 @@ import pytest
 import timm
 import torch
 
+from conftest import random_images, seeded_student
 from raylg import config as config_lib
 from raylg.config import ModelConfig
-from raylg.models import (STUDENTS, ModelError, block_channels, create_student, default_layer_map, forward_with_blocks,
-                          num_blocks, token_grid)
+from raylg.models import (
+    STUDENTS,
+    ModelError,
+    block_channels,
+    create_student,
+    default_layer_map,
+    forward_with_blocks,
+    num_blocks,
+    token_grid,
+)
 from raylg.models.cvt import CvT
 from raylg.models.factory import PUBLISHED_AT, PUBLISHED_PARAMS, param_count, student_family
 from raylg.preflight import preflight
 from raylg.task import _token_grid_size, build_task, check_terms
 
 CVT = ["cvt_13", "cvt_13_s2_32"]
-
-
-def _student(name, img_size=32, in_chans=3, num_classes=10, drop_path=0.0, **kwargs):
-    torch.manual_seed(0)
-    return create_student(ModelConfig(name=name, drop_path=drop_path, kwargs=kwargs), img_size, in_chans, num_classes)
-
-
-def _image(img_size=32, in_chans=3, batch=2):
-    return torch.randn(batch, in_chans, img_size, img_size, generator=torch.Generator().manual_seed(1))
 
 
 def test_cvt_is_registered_as_a_student_with_the_references_layer_map():
@@ -80,8 +80,8 @@ def _backward_is_finite(model, x, blocks):
 
 
 def test_forward_backward_at_224_on_one_image():
-    model = _student("cvt_13", img_size=224, num_classes=100, drop_path=0.1).train()
-    logits, maps = _backward_is_finite(model, _image(224, batch=1), default_layer_map("cvt_13"))
+    model = seeded_student("cvt_13", img_size=224, num_classes=100, drop_path=0.1).train()
+    logits, maps = _backward_is_finite(model, random_images(224, batch=1), default_layer_map("cvt_13"))
     assert logits.shape == (1, 100)
     assert [tuple(m.shape[1:]) for m in maps] == [(64, 56, 56), (384, 14, 14), (384, 14, 14)]
 
@@ -104,7 +104,7 @@ def _direct(model, x):
 
 @pytest.mark.parametrize("name", CVT)
 def test_forward_intermediates_equal_a_direct_walk_and_logits_equal_model(name):
-    model, x = _student(name).eval(), _image()
+    model, x = seeded_student(name).eval(), random_images()
     with torch.no_grad():
         want_maps, want_logits = _direct(model, x)
         logits, maps = forward_with_blocks(model, x, list(range(13)))
@@ -123,11 +123,11 @@ def test_forward_intermediates_equal_a_direct_walk_and_logits_equal_model(name):
 
 
 def test_a_batch_of_one_at_32_fails_in_training_mode_only_where_kv_is_1x1():
-    model = _student("cvt_13").train()
+    model = seeded_student("cvt_13").train()
     with pytest.raises(ValueError, match="more than 1 value per channel"):
-        model(_image(batch=1))  # the last stage's k/v BatchNorm sees one value per channel
-    assert model.eval()(_image(batch=1)).shape == (1, 10)
-    _student("cvt_13_s2_32").train()(_image(batch=1))  # 4x4 -> 2x2 k/v: fine
+        model(random_images(batch=1))  # the last stage's k/v BatchNorm sees one value per channel
+    assert model.eval()(random_images(batch=1)).shape == (1, 10)
+    seeded_student("cvt_13_s2_32").train()(random_images(batch=1))  # 4x4 -> 2x2 k/v: fine
 
 
 # -- raylg's checks: LG map, DRLoc grid, preflight on meta -------------------------------------------

@@ -19,8 +19,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader
 
 from raylg.config import DataConfig
-from raylg.data import DATASETS, DataError, build
-from raylg.data import cifar
+from raylg.data import DATASETS, DataError, build, cifar
 from raylg.data.archive import md5sum
 from raylg.data.transforms import safe_posterize, train_transform
 
@@ -191,7 +190,8 @@ def test_carved_test_split_is_fixed_disjoint_and_named():
     # one test split for every split_seed and per_class; val and train still follow split_seed
     other = build(cfg(per_class=8, split_seed=3, test_fraction=0.3))
     assert other.test.indices.tolist() == b.test.indices.tolist()
-    assert other.fingerprint("test")["sha256"] == b.fingerprint("test")["sha256"] and other.val.indices.tolist() != b.val.indices.tolist()
+    assert other.fingerprint("test")["sha256"] == b.fingerprint("test")["sha256"]
+    assert other.val.indices.tolist() != b.val.indices.tolist()
     d = b.describe()
     assert d["test_carved"] and d["test_fraction"] == 0.3 and d["sizes"]["test"] == len(test)
     # test_fraction 0 (the default) changes nothing
@@ -203,7 +203,8 @@ def test_carved_test_split_is_fixed_disjoint_and_named():
 
 
 def test_per_class_larger_than_a_class_names_it():
-    with pytest.raises(DataError, match=r"per_class=170: class '\d' \(label \d\) has only 1\d\d images in train after carving val"):
+    with pytest.raises(DataError, match=r"per_class=170: class '\d' \(label \d\) has only 1\d\d images in train "
+                                         r"after carving val"):
         build(cfg(per_class=170))
 
 
@@ -260,7 +261,8 @@ def test_fashion_mnist_real():
 
 
 def test_fashion_mnist_missing_and_corrupt(tmp_path):
-    with pytest.raises(DataError, match=r"looked for train-images-idx3-ubyte.gz .* in '.*nowhere'.*apt-get install dataset-fashion-mnist"):
+    with pytest.raises(DataError, match=r"looked for train-images-idx3-ubyte.gz .* in '.*nowhere'"
+                                         r".*apt-get install dataset-fashion-mnist"):
         build(cfg(name="fashion_mnist", root=str(tmp_path / "nowhere")))
     for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (tmp_path / f"{stem}.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big") + b"\x00" * 12))

@@ -78,7 +78,8 @@ def test_chaoyang_splits_labels_per_class_and_fingerprint(tmp_path):
     assert b.source.splits["test"].paths[3] == str(root / records[3]["name"])
     fp = b.fingerprint("train")
     assert fp == build(cfg(name="chaoyang", root=str(root), per_class=2, val_fraction=0.25)).fingerprint("train")
-    assert fp["sha256"] != build(cfg(name="chaoyang", root=str(root), per_class=1, val_fraction=0.25)).fingerprint("train")["sha256"]
+    other = build(cfg(name="chaoyang", root=str(root), per_class=1, val_fraction=0.25))
+    assert fp["sha256"] != other.fingerprint("train")["sha256"]
     assert b.fingerprint("val") == build(cfg(name="chaoyang", root=str(root), per_class=1, val_fraction=0.25)).fingerprint("val")
 
 
@@ -92,7 +93,8 @@ def test_chaoyang_errors_name_the_file_and_record(tmp_path):
         build(cfg(name="chaoyang", root=str(root)))
     records = [{"name": "train/missing.JPG", "label": 0}]
     (root / "test.json").write_text(json.dumps(records))
-    with pytest.raises(DataError, match=r"test.json' record 0 names 'train/missing.JPG', but '.*c/train/missing.JPG' does not exist"):
+    with pytest.raises(DataError, match=r"test.json' record 0 names 'train/missing.JPG', "
+                                         r"but '.*c/train/missing.JPG' does not exist"):
         build(cfg(name="chaoyang", root=str(root)))
     train = json.loads((root / "train.json").read_text())
     for bad, match in [

@@ -171,3 +171,16 @@ def test_no_cuda_sync_between_checks():
         torch.cuda.set_sync_debug_mode("default")
     syncs = [x for x in w if "synchroniz" in str(x.message)]
     assert len(syncs) <= 2 + 2, [str(x.message) for x in syncs]
+
+
+def test_train_step_is_the_epochs_step():
+    """engine.train_step (what the benchmarks time) updates the weights exactly as train_one_epoch does."""
+    model, _, _, _ = run(3, log_every=2)
+    alone = Toy()
+    opt = torch.optim.AdamW(alone.parameters(), lr=1e-2)
+    for s, b in enumerate(batches(3)):
+        for group in opt.param_groups:
+            group["lr"] = 1e-2 * (1 - s / 100)
+        loss, terms, stats = engine.train_step(alone, b, opt, device=torch.device("cpu"))
+        assert sorted(terms) == ["aux", "ce"] and sorted(stats) == ["acc", "const"] and torch.isfinite(loss)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), alone.state_dict().values()))

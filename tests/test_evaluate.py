@@ -34,7 +34,8 @@ def chaoyang_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("chaoyang_eval")
     root = write_chaoyang(base / "chaoyang", train_per_class=6, test_per_class=3)
     cfg = tiny_config(base, **{"run.name": "c", "data.name": "chaoyang", "data.root": str(root), "schedule.epochs": 1,
-                               "schedule.warmup_epochs": 0, "run.max_train_batches": 2, "optim.batch_size": 8, "data.val_fraction": 0.34})
+                               "schedule.warmup_epochs": 0, "run.max_train_batches": 2, "optim.batch_size": 8,
+                               "data.val_fraction": 0.34})
     summary = fit(cfg, base / "c")
     return base / "c", summary
 
@@ -91,7 +92,8 @@ def test_paths_that_are_none_of_the_three_are_refused(tmp_path, digits_run):
             locate(path)
     lonely = tmp_path / "student.safetensors"
     shutil.copy(run_dir / "student.safetensors", lonely)
-    with pytest.raises(EvaluateError, match=r"no config for '.*student.safetensors': looked for '.*config.yaml'; pass the run's config"):
+    with pytest.raises(EvaluateError, match=r"no config for '.*student.safetensors': looked for '.*config.yaml'; "
+                                             r"pass the run's config"):
         evaluate(lonely, "val")
     assert evaluate(lonely, "val", config=run_dir / "config.yaml", write=False)["matches_run_data"] is None
 

@@ -19,7 +19,7 @@ from PIL import Image
 from conftest import TINY, tiny_config
 from raylg import config as config_lib, data, storage, teacher as teacher_lib
 from raylg.data.transforms import GeometryCompose, clean_transform, train_transform
-from raylg.features import FeatureError, FeatureStore, ShardTeacher, for_run, precompute, read_manifest, replay
+from raylg.features import FeatureError, FeatureStore, ShardTeacher, precompute, read_manifest, replay
 from raylg.fit import fit, setup
 
 PER_CLASS = 8  # 80 training images: every feature set here is ~4.6 MB
@@ -154,7 +154,8 @@ def test_geometry_compose_draws_the_same_numbers_and_records_the_box():
         y0, x0, y1, x1 = g["crop"].tolist()
         assert 0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1 and isinstance(g["flip"], bool)
     wide = Image.new("L", (40, 20))
-    _, g = train_transform(config_lib.load(TINY, {"data.augment": False, "data.img_size": 16}).data, (0.5,), (0.25,), 1).with_geometry(wide)
+    plain = config_lib.load(TINY, {"data.augment": False, "data.img_size": 16}).data
+    _, g = train_transform(plain, (0.5,), (0.25,), 1).with_geometry(wide)
     assert g["crop"].tolist() == [0.0, 0.25, 1.0, 0.75] and g["flip"] is False  # resize + centre crop
 
 
@@ -206,9 +207,10 @@ def test_replay_brings_real_teacher_maps_closer_to_the_teacher_on_the_crop(digit
     """A real CNN is not scale- or mirror-equivariant, so replay is an approximation (the reference's
     offline rule); on crops it must still come far closer than ignoring the crop. (Flips are checked
     exactly on the ramp above; a teacher trained without flips, like this digits one, gives mirrored
-    maps that differ from its maps of the mirrored image, see the README.)"""
+    maps that differ from its maps of the mirrored image, see docs/shards.md.)"""
     cfg = config_lib.load(TINY, {"data.hflip": 0.0, "data.scale_min": 0.35, "data.per_class": PER_CLASS}).data
-    t = GeometryCompose([u for u in train_transform(cfg, bundle.mean, bundle.std, 1).transforms if not isinstance(u, T.ColorJitter)])
+    transforms = train_transform(cfg, bundle.mean, bundle.std, 1).transforms
+    t = GeometryCompose([u for u in transforms if not isinstance(u, T.ColorJitter)])
     precompute(str(digits_teacher), bundle, str(tmp_path / "f"), batch_size=64, progress=False)
     model, _ = teacher_lib.load(digits_teacher)
     model.eval()
@@ -276,10 +278,12 @@ def test_rows_not_matching_the_runs_size_or_indices(teacher, tmp_path, monkeypat
     other = tmp_path / "other"  # 80 rows, other indices (another split seed), claiming the run's fingerprint
     precompute(teacher, bundle_for(split_seed=3), str(other), batch_size=64, progress=False)
     edit_manifest(other, lambda m: m.update(dataset=run_fp))
-    with pytest.raises(FeatureError, match=r"hold 80 rows but the run's train split has 80 images; indices missing from the shards: \[\d+"):
+    with pytest.raises(FeatureError, match=r"hold 80 rows but the run's train split has 80 images; "
+                                           r"indices missing from the shards: \[\d+"):
         setup(shards_cfg(tmp_path, other))
     edit_manifest(other, lambda m: m.update(dataset=bundle_for(split_seed=3).fingerprint("train")))
-    with pytest.raises(FeatureError, match=r"computed on other training images than this run \(seed: features 3 vs run 0.*\) and lack \d+ of the run's 80"):
+    with pytest.raises(FeatureError, match=r"computed on other training images than this run \(seed: features 3 vs run 0.*\) "
+                                           r"and lack \d+ of the run's 80"):
         setup(shards_cfg(tmp_path, other))
     # features of a larger set of the same data serve a subset run: every index present, labels checked
     edit_manifest(bigger, lambda m: m.update(dataset=bundle_for(per_class=16).fingerprint("train")))
@@ -288,9 +292,11 @@ def test_rows_not_matching_the_runs_size_or_indices(teacher, tmp_path, monkeypat
 
 
 def test_teacher_hash_and_dataset_fingerprint_differ(copy, tmp_path, digits_teacher):
-    with pytest.raises(FeatureError, match=r"teacher.path '.*' has sha256 \w+… but the features '.*' were computed by teacher \w+…"):
+    with pytest.raises(FeatureError, match=r"teacher.path '.*' has sha256 \w+… "
+                                           r"but the features '.*' were computed by teacher \w+…"):
         setup(shards_cfg(tmp_path, copy, **{"teacher.path": str(digits_teacher)}))
-    with pytest.raises(FeatureError, match=r"was trained on other data than this run \(per_class: teacher 8 vs run 4, count: teacher 80 vs run 40"):
+    with pytest.raises(FeatureError, match=r"was trained on other data than this run "
+                                           r"\(per_class: teacher 8 vs run 4, count: teacher 80 vs run 40"):
         setup(shards_cfg(tmp_path, copy, **{"data.per_class": 4}))
     with pytest.raises(FeatureError, match=r"teacher.img_size is 16 but the features '.*' were computed at 32px"):
         setup(shards_cfg(tmp_path, copy, **{"teacher.img_size": 16}))
@@ -298,7 +304,8 @@ def test_teacher_hash_and_dataset_fingerprint_differ(copy, tmp_path, digits_teac
         setup(shards_cfg(tmp_path, copy, **{"guidance.locality.teacher_stages": [1, 2, 3],
                                            "guidance.locality.student_blocks": [0, 1, 2]}))
     edit_manifest(copy, lambda m: m["dataset"].update(name="fashion_mnist"))
-    with pytest.raises(FeatureError, match=r"computed on other data than this run \(name: features 'fashion_mnist' vs run 'digits'"):
+    with pytest.raises(FeatureError, match=r"computed on other data than this run "
+                                           r"\(name: features 'fashion_mnist' vs run 'digits'"):
         setup(shards_cfg(tmp_path, copy))
 
 
@@ -316,7 +323,8 @@ def test_s3_flipped_byte_is_caught_through_the_cache(teacher, bundle, s3_env, tm
         FeatureStore.open(uri)
     assert not list((tmp_path / "cache").glob("*.arrow"))  # nothing unverified is kept
     s3.delete_object(Bucket=bucket, Key=key)
-    with pytest.raises(FeatureError, match=rf"shard '{m['shards'][0]['name']}' is listed in 's3://{bucket}/f/manifest.json' but missing"):
+    with pytest.raises(FeatureError, match=rf"shard '{m['shards'][0]['name']}' is listed in "
+                                           rf"'s3://{bucket}/f/manifest.json' but missing"):
         FeatureStore.open(uri)
 
 

@@ -150,7 +150,8 @@ def test_distillation_token_eval_averages_the_two_heads():
 @pytest.mark.parametrize("student", ["pvt_v2_micro", "t2t_vit_7", "cct_7_3x1_32", "pvt_tiny", "convit_tiny"])
 def test_distillation_token_on_a_student_without_one_fails_at_build_time(student):
     cfg = load_config(None, {"model.name": student, "guidance.distill_token.weight": 1.0})
-    with pytest.raises(ModelError, match=rf"guidance.distill_token: student '{student}' cannot carry a distillation token.*deit_tiny_patch4_32"):
+    with pytest.raises(ModelError, match=rf"guidance.distill_token: student '{student}' cannot carry a distillation token"
+                                         r".*deit_tiny_patch4_32"):
         build_task(cfg, in_chans=1, num_classes=10, teacher_channels=[16, 32, 64], targets=teacher())
 
 

@@ -72,7 +72,8 @@ def alive(ray_head):
 def test_many_trials_against_an_mlflow_server(ray_head, mlflow_server, digits_teacher, tmp_path):
     spec = {"name": "load", "run_config": str(TINY), "set": dict(FAST), "teacher": {"path": str(digits_teacher)},
             "space": {"run.seed": {"grid": list(range(1, TRIALS + 1))}}, "asha": "off", "max_concurrent": CONCURRENCY,
-            "resources": {"workers": 0, "cpus_per_worker": 1}, "storage": str(tmp_path / "store"), "mlflow_uri": mlflow_server.url}
+            "resources": {"workers": 0, "cpus_per_worker": 1}, "storage": str(tmp_path / "store"),
+            "mlflow_uri": mlflow_server.url}
     path = tmp_path / "load.yaml"
     path.write_text(yaml.safe_dump(spec))
     sweep = spec_lib.load(path)
@@ -126,7 +127,8 @@ def test_many_trials_against_an_mlflow_server(ray_head, mlflow_server, digits_te
     epoch_s = statistics.mean(k.data.metrics["epoch_time_s"] for k in kids)
     slot_s = wall * CONCURRENCY / TRIALS
     print(f"\nload: {TRIALS} trials at concurrency {CONCURRENCY} in {wall:.0f} s = {TRIALS / wall * 3600:.0f} trials/hour; "
-          f"a trial holds its slot {slot_s:.1f} s, of which its training epoch {epoch_s:.2f} s: overhead {slot_s - epoch_s:.1f} s "
+          f"a trial holds its slot {slot_s:.1f} s, of which its training epoch {epoch_s:.2f} s: "
+          f"overhead {slot_s - epoch_s:.1f} s "
           f"per trial; driver RSS median {statistics.median(q2):.0f} MB (2nd quarter) -> {statistics.median(q4):.0f} MB "
           f"(last quarter), peak {max(m for _, m in sampler.samples):.0f} MB")
     assert growth < RSS_GROWTH_MB, f"the driver's RSS grew {growth:.0f} MB from the sweep's second quarter to its last"

@@ -106,8 +106,10 @@ def test_linear_stays_the_aligner_and_mse():
 
 def test_transform_is_a_sweepable_field_and_bad_names_are_refused():
     assert load_config(None).guidance.locality.transform == "linear"
-    assert flatten(load_config(None, {"guidance.locality.transform": "similarity"}))["guidance.locality.transform"] == "similarity"
-    with pytest.raises(ConfigError, match="guidance.locality.transform: 'gram' is not one of 'linear', 'attention', 'similarity'"):
+    cfg = load_config(None, {"guidance.locality.transform": "similarity"})
+    assert flatten(cfg)["guidance.locality.transform"] == "similarity"
+    with pytest.raises(ConfigError, match="guidance.locality.transform: 'gram' is not one of "
+                                           "'linear', 'attention', 'similarity'"):
         load_config(None, {"guidance.locality.transform": "gram"})
     with pytest.raises(ValueError, match="guidance.locality.transform: 'gram'"):
         LocalityGuidance([0], [8], [0], [8], transform="gram")

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, TINY, free_port
+from conftest import TINY, free_port
 from raylg.ray import spec as spec_lib, sweep as sweep_lib
 from raylg.tracking import EXPERIMENT_KIND, MAX_DIGEST, ui_url
 
@@ -74,7 +74,8 @@ def test_trials_nest_under_their_sweep_and_record_data_teacher_and_system_metric
             data = json.loads((sweeps["tmp"] / s / NAME / "trials" / trial / "data.json").read_text())
             inputs = {(i.dataset.name, next(t.value for t in i.tags if t.key == "mlflow.data.context")): i.dataset
                       for i in run.inputs.dataset_inputs}
-            want = {("digits-train", "train"), ("digits-val", "val")} | ({("teacher-resnet20_cifar", "teacher")} if row["beta"] else set())
+            teacher = {("teacher-resnet20_cifar", "teacher")} if row["beta"] else set()
+            want = {("digits-train", "train"), ("digits-val", "val")} | teacher
             assert set(inputs) == want, (trial, set(inputs))
             for split in ("train", "val"):
                 sha = data["splits"]["splits"][split]["sha256"]
@@ -130,7 +131,8 @@ def test_plain_run_is_recorded_the_same_way(mlflow_server, tmp_path):
     import train
 
     train.main(["--out", str(tmp_path), "--name", "plain", "--set", "run.progress=false", "--set", "schedule.epochs=1",
-                "--set", "schedule.warmup_epochs=0", "--set", "run.max_train_batches=2", "--mlflow-uri", mlflow_server.url, "--mlflow-experiment", "plain-runs"])
+                "--set", "schedule.warmup_epochs=0", "--set", "run.max_train_batches=2", "--mlflow-uri", mlflow_server.url,
+                "--mlflow-experiment", "plain-runs"])
     client = MlflowClient(mlflow_server.url)
     exp = client.get_experiment_by_name("plain-runs")
     assert exp.tags[EXPERIMENT_KIND] == "custom_model_development"
@@ -149,7 +151,6 @@ def test_fit_calls_its_callbacks_and_a_diverging_plain_run_ends_failed(tmp_path,
     """The seam itself (no MLflow): on_start with data.json, a row per epoch, on_end; then a run
     that diverges: jobs/train.py exits 1 and its MLflow run ends FAILED naming the error."""
     import train
-
     from conftest import tiny_config
     from raylg.fit import Callback, fit
 

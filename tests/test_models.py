@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 
+from conftest import random_images, same, seeded_student
 from raylg.config import ModelConfig
 from raylg.models import (
     STUDENTS,
@@ -47,19 +48,6 @@ SHAPES = {
 }
 
 
-def _student(name, img_size=32, in_chans=3, num_classes=10, drop_path=0.0, **kwargs):
-    torch.manual_seed(0)
-    return create_student(ModelConfig(name=name, drop_path=drop_path, kwargs=kwargs), img_size, in_chans, num_classes)
-
-
-def _image(img_size=32, in_chans=3, batch=2):
-    return torch.randn(batch, in_chans, img_size, img_size, generator=torch.Generator().manual_seed(1))
-
-
-def _same(a, b):
-    return torch.allclose(a, b, rtol=1e-5, atol=1e-5)
-
-
 # -- students ----------------------------------------------------------------------------
 
 
@@ -72,9 +60,9 @@ def test_raylg_models_are_in_timms_registry():
 @pytest.mark.parametrize("in_chans", [1, 3])
 @pytest.mark.parametrize("name", STUDENTS)
 def test_student_trains_at_32(name, in_chans):
-    model = _student(name, in_chans=in_chans, num_classes=7, drop_path=0.1).train()
+    model = seeded_student(name, in_chans=in_chans, num_classes=7, drop_path=0.1).train()
     blocks = default_layer_map(name)
-    logits, maps = forward_with_blocks(model, _image(in_chans=in_chans), blocks)
+    logits, maps = forward_with_blocks(model, random_images(in_chans=in_chans), blocks)
     assert logits.shape == (2, 7)
     assert [tuple(m.shape[1:]) for m in maps] == SHAPES[(name, 32)]
     (logits.logsumexp(1).mean() + sum(m.square().mean() for m in maps)).backward()
@@ -85,15 +73,15 @@ def test_student_trains_at_32(name, in_chans):
 
 @pytest.mark.parametrize("name", PAPER_STUDENTS)
 def test_paper_student_at_224(name):
-    model = _student(name, img_size=224, num_classes=100).eval()
+    model = seeded_student(name, img_size=224, num_classes=100).eval()
     with torch.no_grad():
-        logits, maps = forward_with_blocks(model, _image(224, batch=1), default_layer_map(name))
+        logits, maps = forward_with_blocks(model, random_images(224, batch=1), default_layer_map(name))
     assert logits.shape == (1, 100)
     assert [tuple(m.shape[1:]) for m in maps] == SHAPES[(name, 224)]
 
 
 def test_student_takes_model_kwargs_and_drop_path():
-    model = _student("deit_micro_patch4_32", drop_path=0.2, depth=2, embed_dim=32)
+    model = seeded_student("deit_micro_patch4_32", drop_path=0.2, depth=2, embed_dim=32)
     assert num_blocks(model) == 2 and block_channels(model, [0, 1]) == [32, 32]
     assert model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.2)
 
@@ -112,19 +100,19 @@ def _vit_tokens_per_block(model, x):
 
 @pytest.mark.parametrize("name", ["deit_micro_patch4_32", "deit_tiny_patch16_224"])
 def test_vit_features_are_block_outputs_before_final_norm(name):
-    model, x = _student(name).eval(), _image()
+    model, x = seeded_student(name).eval(), random_images()
     n = num_blocks(model)
     feats = block_features(model, x, list(range(n)))
     tokens = _vit_tokens_per_block(model, x)
     B, C, h, w = feats[0].shape
     for f, t in zip(feats, tokens):
         assert torch.equal(f, t[:, model.num_prefix_tokens :].transpose(1, 2).reshape(B, C, h, w))
-    assert _same(model.norm(tokens[-1]), model.forward_features(x))
+    assert same(model.norm(tokens[-1]), model.forward_features(x))
 
 
 @pytest.mark.parametrize("name", ["deit_tiny_patch4_32", "convit_tiny"])
 def test_vit_family_equals_timm_forward_intermediates(name):
-    model, x = _student(name).eval(), _image()
+    model, x = seeded_student(name).eval(), random_images()
     blocks = list(range(num_blocks(model)))  # ConViT: blocks 10, 11 also carry its late class token
     ours = block_features(model, x, blocks)
     timms = model.forward_intermediates(x, indices=blocks, norm=False, output_fmt="NCHW", intermediates_only=True)
@@ -134,35 +122,35 @@ def test_vit_family_equals_timm_forward_intermediates(name):
 
 @pytest.mark.parametrize("name", STUDENTS)
 def test_single_pass_reproduces_model_output(name):
-    model, x = _student(name).eval(), _image()
+    model, x = seeded_student(name).eval(), random_images()
     blocks = list(range(num_blocks(model)))
     with torch.no_grad():
         logits, maps = forward_with_blocks(model, x, blocks)
-        assert _same(logits, model(x))
+        assert same(logits, model(x))
         assert all(torch.equal(a, b) for a, b in zip(maps, block_features(model, x, blocks)))
-        assert _same(forward_with_blocks(model, x, [])[0], model(x))
+        assert same(forward_with_blocks(model, x, [])[0], model(x))
 
 
 def test_pit_stage_ends_equal_timm_stage_intermediates():
-    model, x = _student("pit_ti_224").eval(), _image()
+    model, x = seeded_student("pit_ti_224").eval(), random_images()
     ours = block_features(model, x, [1, 7, 11])  # last block of each stage (depths 2/6/4)
     timms = model.forward_intermediates(x, indices=[0, 1, 2], intermediates_only=True)
-    assert all(_same(a, b) for a, b in zip(ours, timms))
+    assert all(same(a, b) for a, b in zip(ours, timms))
 
 
 @pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_micro"])
 def test_pvt_v2_blocks_plus_stage_norm_equal_timm(name):
-    model, x = _student(name).eval(), _image()
+    model, x = seeded_student(name).eval(), random_images()
     ends = list(itertools.accumulate(len(s.blocks) for s in model.stages))
     ours = block_features(model, x, [e - 1 for e in ends])  # last block of every stage, pre-norm
     normed = [s.norm(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for s, f in zip(model.stages, ours)]
     timms = model.forward_intermediates(x, intermediates_only=True)
-    assert all(_same(a, b) for a, b in zip(normed, timms))
-    assert _same(model.forward_head(normed[-1]), model(x))
+    assert all(same(a, b) for a, b in zip(normed, timms))
+    assert same(model.forward_head(normed[-1]), model(x))
 
 
 def test_block_features_order_repeats_negatives_and_grad():
-    model, x = _student("pvt_v2_micro"), _image()
+    model, x = seeded_student("pvt_v2_micro"), random_images()
     a0, a3, a1 = block_features(model, x, [0, 3, 1])
     b3, b0, b0_again = block_features(model, x, [-1, 0, 0])
     assert torch.equal(a3, b3) and torch.equal(a0, b0) and b0_again is b0
@@ -201,15 +189,15 @@ def test_default_layer_maps():
 )
 def test_teacher_stages_at_32(name, shapes):
     teacher = create_teacher(name, in_chans=3, num_classes=100)
-    x = _image()
+    x = random_images()
     stages = teacher.forward_stages(x)
     assert [tuple(s.shape[1:]) for s in stages] == shapes
     final, maps = teacher.forward_intermediates(x, indices=[0, -1])
     assert torch.equal(maps[0], stages[0]) and torch.equal(maps[1], stages[-1]) and torch.equal(final, stages[-1])
     assert teacher(x).shape == (2, 100)
-    assert _same(teacher.forward_head(final), teacher(x))
+    assert same(teacher.forward_head(final), teacher(x))
     maps, logits = teacher.forward_stages(x, with_logits=True)
-    assert _same(logits, teacher(x)) and all(torch.equal(a, b) for a, b in zip(maps, stages))
+    assert same(logits, teacher(x)) and all(torch.equal(a, b) for a, b in zip(maps, stages))
 
 
 def test_resnet56_cifar_layout_and_parameter_count():
@@ -219,7 +207,7 @@ def test_resnet56_cifar_layout_and_parameter_count():
     assert count == 861_620  # option-B shortcuts, 100-class head
     assert [len(s) for s in teacher.stages] == [9, 9, 9]
     assert teacher.stem[0].kernel_size == (3, 3) and teacher.stem[0].out_channels == 16
-    assert create_teacher("resnet56_cifar", in_chans=1, num_classes=10)(_image(in_chans=1)).shape == (2, 10)
+    assert create_teacher("resnet56_cifar", in_chans=1, num_classes=10)(random_images(in_chans=1)).shape == (2, 10)
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -256,13 +244,13 @@ def test_image_size_must_fit_patches(name, img_size, match):
 
 
 def test_block_out_of_range_names_model_index_and_count():
-    model = _student("deit_micro_patch4_32")
+    model = seeded_student("deit_micro_patch4_32")
     with pytest.raises(ModelError, match=r"deit_micro_patch4_32: block 4 is out of range; it has num_blocks=4"):
-        block_features(model, _image(), [0, 4])
+        block_features(model, random_images(), [0, 4])
     with pytest.raises(ModelError, match=r"block -5 is out of range"):
         block_channels(model, [-5])
     with pytest.raises(ModelError, match="not an integer"):
-        block_features(model, _image(), [1.0])
+        block_features(model, random_images(), [1.0])
 
 
 def test_reserved_kwargs_and_weights_are_refused():
@@ -271,7 +259,7 @@ def test_reserved_kwargs_and_weights_are_refused():
     with pytest.raises(ModelError, match="no pretrained weights"):
         timm.create_model("pvt_v2_micro", pretrained=True)
     with pytest.raises(ModelError, match="cannot build deit_micro_patch4_32"):
-        _student("deit_micro_patch4_32", no_such_arg=1)
+        seeded_student("deit_micro_patch4_32", no_such_arg=1)
 
 
 def test_non_student_model_has_no_block_features():

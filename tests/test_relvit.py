@@ -190,7 +190,8 @@ def test_ce_weight_scales_ce_and_zero_reads_no_labels():
 
 def test_relvit_on_pit_fails_at_build_time_and_in_preflight():
     cfg = load_config(None, {"model.name": "pit_ti_224", **RELVIT})
-    msg = r"guidance.relvit: student 'pit_ti_224' keeps no final patch-token grid.*students that support it: .*deit_tiny_patch4_32.*pvt_v2_b0"
+    msg = (r"guidance.relvit: student 'pit_ti_224' keeps no final patch-token grid"
+           r".*students that support it: .*deit_tiny_patch4_32.*pvt_v2_b0")
     with pytest.raises(ModelError, match=msg):
         build_task(cfg, in_chans=1, num_classes=10)
     with pytest.raises(ModelError, match=msg):

@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 
-from raylg.config import ModelConfig
+from conftest import random_images, same, seeded_student
 from raylg.models import (
     STUDENTS,
     ModelError,
@@ -41,19 +41,6 @@ SHAPES = {
 # small ways (PiT-Ti: timm 4.85M vs 4.9M published): 2% relative covers both; every
 # student is within 1.1%.
 PARAM_TOLERANCE = 0.02
-
-
-def _student(name, img_size=32, in_chans=3, num_classes=10, drop_path=0.0, **kwargs):
-    torch.manual_seed(0)
-    return create_student(ModelConfig(name=name, drop_path=drop_path, kwargs=kwargs), img_size, in_chans, num_classes)
-
-
-def _image(img_size=32, in_chans=3, batch=2):
-    return torch.randn(batch, in_chans, img_size, img_size, generator=torch.Generator().manual_seed(1))
-
-
-def _same(a, b):
-    return torch.allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_new_students_are_registered_everywhere():
@@ -96,10 +83,10 @@ def test_t2t_counts_with_frozen_tensors_equal_the_official_code():
 
 @pytest.mark.parametrize("name, img_size", sorted(SHAPES))
 def test_logits_and_block_maps_shapes(name, img_size):
-    model = _student(name, img_size=img_size, num_classes=100).eval()
+    model = seeded_student(name, img_size=img_size, num_classes=100).eval()
     blocks = default_layer_map(name)
     with torch.no_grad():
-        logits, maps = forward_with_blocks(model, _image(img_size, batch=1), blocks)
+        logits, maps = forward_with_blocks(model, random_images(img_size, batch=1), blocks)
     assert logits.shape == (1, 100)
     assert [tuple(m.shape[1:]) for m in maps] == SHAPES[(name, img_size)]
     assert block_channels(model, blocks) == [s[0] for s in SHAPES[(name, img_size)]]
@@ -107,8 +94,8 @@ def test_logits_and_block_maps_shapes(name, img_size):
 
 @pytest.mark.parametrize("name", NEW)
 def test_trains_at_32_with_finite_grads(name):
-    model = _student(name, in_chans=1, num_classes=7, drop_path=0.1).train()
-    logits, maps = forward_with_blocks(model, _image(in_chans=1), default_layer_map(name))
+    model = seeded_student(name, in_chans=1, num_classes=7, drop_path=0.1).train()
+    logits, maps = forward_with_blocks(model, random_images(in_chans=1), default_layer_map(name))
     (logits.logsumexp(1).mean() + sum(m.square().mean() for m in maps)).backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert all(p.requires_grad for p in model.parameters())
@@ -157,29 +144,29 @@ def _cct_direct(model, x):
 
 @pytest.mark.parametrize("name, direct", [("t2t_vit_7", _t2t_direct), ("pvt_tiny", _pvt_direct), ("cct_7_3x1_32", _cct_direct)])
 def test_block_maps_equal_a_direct_walk_and_logits_equal_model(name, direct):
-    model, x = _student(name).eval(), _image()
+    model, x = seeded_student(name).eval(), random_images()
     blocks = list(range(num_blocks(model)))
     with torch.no_grad():
         expected, expected_logits = direct(model, x)
         logits, maps = forward_with_blocks(model, x, blocks)
-        assert _same(logits, model(x)) and _same(logits, expected_logits)
+        assert same(logits, model(x)) and same(logits, expected_logits)
         assert all(torch.equal(a, b) for a, b in zip(maps, expected)) and len(maps) == len(expected)
         assert all(torch.equal(a, b) for a, b in zip(block_features(model, x, blocks), expected))
 
 
 @pytest.mark.parametrize("name", NEW)
 def test_forward_intermediates_follows_timm(name):
-    model, x = _student(name).eval(), _image()
+    model, x = seeded_student(name).eval(), random_images()
     n = num_blocks(model)
     with torch.no_grad():
         final, maps = model.forward_intermediates(x)
-        assert _same(final, model.forward_features(x)) and len(maps) == n
+        assert same(final, model.forward_features(x)) and len(maps) == n
         last2 = model.forward_intermediates(x, indices=2, intermediates_only=True, stop_early=True)
         assert all(torch.equal(a, b) for a, b in zip(last2, maps[-2:]))
         tokens = model.forward_intermediates(x, indices=[-1], output_fmt="NLC", intermediates_only=True)[0]
         assert torch.equal(tokens.transpose(1, 2).reshape(maps[-1].shape), maps[-1])
         normed = model.forward_intermediates(x, indices=[-1], norm=True, intermediates_only=True)[0]
-        assert _same(normed, model.norm(maps[-1].flatten(2).transpose(1, 2)).transpose(1, 2).reshape(maps[-1].shape))
+        assert same(normed, model.norm(maps[-1].flatten(2).transpose(1, 2)).transpose(1, 2).reshape(maps[-1].shape))
     with pytest.raises(ModelError, match="output_fmt"):
         model.forward_intermediates(x, output_fmt="NHWC")
 
@@ -188,49 +175,49 @@ def test_forward_intermediates_follows_timm(name):
 
 
 def test_t2t_transformer_tokens_type():
-    model = _student("t2t_vit_7", tokens_type="transformer").eval()
+    model = seeded_student("t2t_vit_7", tokens_type="transformer").eval()
     assert type(model.tokens_to_token.attention1).__name__ == "TokenTransformer"
-    assert model(_image()).shape == (2, 10)
+    assert model(random_images()).shape == (2, 10)
     with torch.device("meta"):
         assert sum(p.numel() for p in timm.create_model("t2t_vit_7", tokens_type="transformer").parameters()) == 4_255_310
     with pytest.raises(ModelError, match="tokens_type 'conv'"):
-        _student("t2t_vit_7", tokens_type="conv")
+        seeded_student("t2t_vit_7", tokens_type="conv")
 
 
 def test_other_input_size_than_built_for():
-    x64 = _image(64, batch=1)
+    x64 = random_images(64, batch=1)
     with torch.no_grad():
-        pvt = _student("pvt_tiny").eval()  # learned positions resampled per stage
+        pvt = seeded_student("pvt_tiny").eval()  # learned positions resampled per stage
         assert [tuple(m.shape[1:]) for m in block_features(pvt, x64, [0, 3, 7])] == [(64, 16, 16), (128, 8, 8), (512, 2, 2)]
-        t2t = _student("t2t_vit_7").eval()  # sinusoid table recomputed for 16 tokens
-        assert torch.equal(t2t(x64), _student("t2t_vit_7", img_size=64).eval()(x64))
-        cct = _student("cct_7_3x1_32", pos_embed="sine").eval()
-        assert torch.equal(cct(x64), _student("cct_7_3x1_32", img_size=64, pos_embed="sine").eval()(x64))
-        assert _student("cct_7_3x1_32").eval()(x64).shape == (1, 10)
+        t2t = seeded_student("t2t_vit_7").eval()  # sinusoid table recomputed for 16 tokens
+        assert torch.equal(t2t(x64), seeded_student("t2t_vit_7", img_size=64).eval()(x64))
+        cct = seeded_student("cct_7_3x1_32", pos_embed="sine").eval()
+        assert torch.equal(cct(x64), seeded_student("cct_7_3x1_32", img_size=64, pos_embed="sine").eval()(x64))
+        assert seeded_student("cct_7_3x1_32").eval()(x64).shape == (1, 10)
 
 
 def test_cct_sine_positions_are_fixed():
-    model = _student("cct_7_3x1_32", pos_embed="sine")
+    model = seeded_student("cct_7_3x1_32", pos_embed="sine")
     assert "pos_embed" not in dict(model.named_parameters()) and "pos_embed" not in model.state_dict()
     assert param_count("cct_7_3x1_32", 32, 10) - sum(p.numel() for p in model.parameters()) == 256 * 256
 
 
 def test_t2t_state_dict_reproduces_the_model():
     # the performer's random projection is a persistent buffer: a checkpoint restores it
-    a = _student("t2t_vit_7").eval()
+    a = seeded_student("t2t_vit_7").eval()
     torch.manual_seed(1)
     b = create_student("t2t_vit_7", 32, 3, 10).eval()
     assert not torch.equal(a.tokens_to_token.attention1.w, b.tokens_to_token.attention1.w)
     assert "tokens_to_token.attention1.w" in a.state_dict() and "pos_embed" not in a.state_dict()
     b.load_state_dict(a.state_dict())
     with torch.no_grad():
-        assert torch.equal(a(_image()), b(_image()))
+        assert torch.equal(a(random_images()), b(random_images()))
 
 
 def test_performer_is_finite_under_bf16_autocast():
-    model = _student("t2t_vit_7").eval()
+    model = seeded_student("t2t_vit_7").eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.isfinite(model(_image() * 10)).all()
+        assert torch.isfinite(model(random_images() * 10)).all()
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-import ray.cloudpickle as cloudpickle
 import pytest
+import ray.cloudpickle as cloudpickle
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -28,8 +28,8 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # FailOnce travels 
 
 pytestmark = pytest.mark.slow
 
-FAST = {"schedule.epochs": 2, "schedule.warmup_epochs": 1, "schedule.min_lr": 0.0, "schedule.warmup_lr": 0.0, "run.max_train_batches": 10, "data.eval_batch_size": 512,
-        "model.name": "pvt_v2_micro"}
+FAST = {"schedule.epochs": 2, "schedule.warmup_epochs": 1, "schedule.min_lr": 0.0, "schedule.warmup_lr": 0.0,
+        "run.max_train_batches": 10, "data.eval_batch_size": 512, "model.name": "pvt_v2_micro"}
 
 
 def write_sweep(tmp_path: Path, teacher_path: Path, name: str, space: dict, **extra) -> Path:
@@ -88,7 +88,8 @@ def test_reused_name_with_another_space_is_refused(asha_sweep, digits_teacher):
 
 def test_trial_with_two_ddp_workers(ray_head, digits_teacher, tmp_path):
     path = write_sweep(tmp_path, digits_teacher, "ddp", {"guidance.locality.beta": {"grid": [2.5]}},
-                       resources={"workers": 2, "cpus_per_worker": 1}, set={**FAST, "schedule.epochs": 1, "schedule.warmup_epochs": 0})
+                       resources={"workers": 2, "cpus_per_worker": 1},
+                       set={**FAST, "schedule.epochs": 1, "schedule.warmup_epochs": 0})
     rows = sweep_lib.run(spec_lib.load(path))
     assert [r["status"] for r in rows] == ["FINISHED"] and rows[0]["epochs"] == 1
     client, _, children = mlflow_runs(tmp_path / "store", "ddp")

@@ -67,7 +67,8 @@ def test_a_teacher_per_data_setting_and_each_trial_gets_its_own(experiment):
     assert len(kids) == 8 and all(k.info.status == "FINISHED" for k in kids)
     for k in kids:
         tags, params = k.data.tags, k.data.params
-        assert tags["arm"] in ("baseline", "lg") and tags["seed"] in ("1", "2") and tags["data.per_class"] == params["data.per_class"]
+        assert tags["arm"] in ("baseline", "lg") and tags["seed"] in ("1", "2")
+        assert tags["data.per_class"] == params["data.per_class"]
         if tags["arm"] == "baseline":  # beta 0 and no teacher term: a plain run, no teacher loaded
             assert params["teacher.path"] == "" and "train/lg" not in k.data.metrics
         else:
@@ -129,7 +130,8 @@ def test_next_sweep_reuses_the_teachers_and_a_diverging_arm_fails_the_job(experi
     assert (tmp / "store" / "diverge" / "driver.log").stat().st_size > 0
     _, (parent,), kids = mlflow_runs(tmp / "store", "diverge")
     status = {(k.data.tags["arm"], k.data.tags["data.per_class"]): k.info.status for k in kids}
-    assert status == {("lg", "20"): "FINISHED", ("lg", "40"): "FINISHED", ("diverge", "20"): "FAILED", ("diverge", "40"): "FAILED"}
+    assert status == {("lg", "20"): "FINISHED", ("lg", "40"): "FINISHED",
+                      ("diverge", "20"): "FAILED", ("diverge", "40"): "FAILED"}
     assert parent.info.status == "FINISHED"
 
 
@@ -137,7 +139,6 @@ def test_the_default_sweep_is_an_experiment_that_reaches_a_verdict():
     """python jobs/sweep.py with no arguments: baseline vs LG, 2 seeds, 20 digits per class, a carved
     test split, every trial to the end (no scheduler dropping a seed from its arm's mean)."""
     import sweep as sweep_job
-
     from raylg.preflight import preflight
     from raylg.ray.console import plan
 
@@ -159,7 +160,8 @@ def test_the_default_sweep_is_an_experiment_that_reaches_a_verdict():
     ({"baseline_arm": "none_such"}, "baseline_arm: 'none_such' names no arm"),
     ({"seeds": []}, "seeds: an empty list runs no trial"),
     ({"seeds": [1, 2, 1]}, "seeds: [1] repeated"),
-    ({"arms": {"baseline": {"guidance.locality.beta": -1.0}, "lg": {}}}, "arms.baseline: guidance.locality.beta: -1.0 is out of range"),
+    ({"arms": {"baseline": {"guidance.locality.beta": -1.0}, "lg": {}}},
+     "arms.baseline: guidance.locality.beta: -1.0 is out of range"),
     ({"arms": {"baseline": {"optim.lrr": 1.0}}}, "arms.baseline: unknown config key 'optim.lrr'"),
     ({"arms": {"dist": {"guidance.distill_token.weight": 1.0}}, "set": {**FAST, "model.name": "deit_micro_patch4_32"},
       "space": {"model.name": {"grid": ["deit_micro_patch4_32", "pvt_v2_micro"]}}},
@@ -184,7 +186,8 @@ def test_seeds_set_the_split_seed_unless_told_otherwise(tmp_path):
 def test_a_fixed_teacher_that_does_not_fit_a_point_is_refused_naming_it(digits_teacher, tmp_path):
     """teacher.path (trained on every digits image) against a space over per_class."""
     s = spec_lib.load(write(tmp_path, "fixed", teacher={"path": str(digits_teacher)}, seeds=None, arms={}))
-    with pytest.raises(teachers_lib.TeacherStageError, match=r"trial point \(data.per_class 20\): .*per_class: teacher 0 vs run 20"):
+    with pytest.raises(teachers_lib.TeacherStageError, match=r"trial point \(data.per_class 20\): "
+                                                                     r".*per_class: teacher 0 vs run 20"):
         sweep_lib.resolve_teachers(s, sweep_lib.Paths.of(s))
     ok = spec_lib.load(write(tmp_path, "fits", teacher={"path": str(digits_teacher)}, seeds=None, arms={}, space={}))
     assert sweep_lib.resolve_teachers(ok, sweep_lib.Paths.of(ok)).fixed == str(digits_teacher.resolve())

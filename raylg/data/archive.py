@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import tarfile
 import urllib.request
 from pathlib import Path
+
+from raylg.files import atomic_path, file_digest
 
 from .errors import DataError
 
@@ -17,12 +18,8 @@ def cache_root(root: str) -> Path:
     return Path(root or DEFAULT_CACHE).expanduser()
 
 
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+def md5sum(path: Path) -> str:
+    return file_digest(path, "md5")
 
 
 def check_md5(path: Path, expected: str, url: str) -> None:
@@ -34,16 +31,12 @@ def check_md5(path: Path, expected: str, url: str) -> None:
 
 def download(url: str, dest: Path, timeout: float = 60.0) -> None:
     """Download url to dest through a temporary name; DataError (with the url and dest) on failure."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
+        with atomic_path(dest, ".part") as tmp, urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
             while block := r.read(1 << 20):
                 f.write(block)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"could not download {url} to {str(dest)!r}: {e}") from None
-    tmp.replace(dest)
 
 
 def extract_tar(path: Path, into: Path) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from raylg import storage
 from raylg.features.errors import FeatureError
+from raylg.files import sha256_file  # noqa: F401  (features.writer and readers take it from here)
 
 
 def cache_root() -> Path:
@@ -41,14 +42,6 @@ def _locked(path: Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def _mismatch(shard: dict, where: str, what: str, got, want) -> FeatureError:

@@ -78,8 +78,8 @@ def read(uri: str) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FeatureError(f"feature manifest {where!r} is not valid JSON: {e}") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise FeatureError(f"{where!r} is not a raylg feature manifest (format {m.get('format') if isinstance(m, dict) else None!r}, "
-                           f"expected {FORMAT!r})")
+        found = m.get("format") if isinstance(m, dict) else None
+        raise FeatureError(f"{where!r} is not a raylg feature manifest (format {found!r}, expected {FORMAT!r})")
     if m.get("version") != VERSION:
         raise FeatureError(f"feature manifest {where!r} has format version {m.get('version')!r}; this raylg reads "
                            f"version {VERSION}: re-run jobs/precompute_features.py")

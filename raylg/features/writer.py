@@ -103,7 +103,8 @@ def precompute(teacher_path: str, bundle, out: str, *, stages: list[int] | None 
             "rows": sum(s["rows"] for s in shards), "bytes": sum(s["bytes"] for s in shards),
             "shards": shards,
             "columns": {"index": "int64 (dataset source index: the key)", "label": "int64",
-                        **{s["column"]: f"fixed_size_list<float16>[{math.prod(s['shape'])}] (C x h x w, C-order)" for s in stage_meta}},
+                        **{s["column"]: f"fixed_size_list<float16>[{math.prod(s['shape'])}] (C x h x w, C-order)"
+                           for s in stage_meta}},
             "stages": stage_meta,
             "arrow_schema": schema.to_string(show_schema_metadata=False),
             "teacher": {"sha256": card["sha256"], "arch": card["arch"], "in_chans": card["in_chans"],

@@ -12,10 +12,28 @@ cvt_13, cvt_13_s2_32) with timm, so ``timm.create_model`` builds them by name to
 """
 
 from .errors import ModelError
-from .factory import (PUBLISHED_AT, PUBLISHED_PARAMS, STUDENTS, TEACHERS, create_classifier, create_student,
-                      create_teacher, is_teacher, param_count, student_family)
-from .features import (block_channels, block_features, forward_trunk, forward_with_blocks, has_token_grid, num_blocks,
-                       resolve_blocks, token_grid)
+from .factory import (
+    PUBLISHED_AT,
+    PUBLISHED_PARAMS,
+    STUDENTS,
+    TEACHERS,
+    create_classifier,
+    create_student,
+    create_teacher,
+    is_teacher,
+    param_count,
+    student_family,
+)
+from .features import (
+    block_channels,
+    block_features,
+    forward_trunk,
+    forward_with_blocks,
+    has_token_grid,
+    num_blocks,
+    resolve_blocks,
+    token_grid,
+)
 from .layer_maps import LAYER_MAPS, default_layer_map
 from .resnet_cifar import ResNetCifar
 from .students import DISTILLED, distilled_variant

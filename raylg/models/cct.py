@@ -20,14 +20,15 @@ official code rejects other sizes.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from functools import partial
+from typing import Optional, Union
 
 import torch
 from timm.layers import Attention, DropPath, Mlp, calculate_drop_path_rates, resample_abs_pos_embed, to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
+from .builder import BlockSequence, build, default_cfg, init_weights
 from .errors import ModelError
 from .sinusoid import sinusoid_table
 
@@ -83,7 +84,7 @@ class CctBlock(nn.Module):
         return x + self.drop_path2(self.mlp(x))
 
 
-class CCT(nn.Module):
+class CCT(BlockSequence):
     """Convolutional tokenizer + CCT blocks + sequence pooling; no class token."""
 
     def __init__(
@@ -136,20 +137,13 @@ class CCT(nn.Module):
         self.attention_pool = nn.Linear(embed_dim, 1)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
+        self.apply(partial(init_weights, conv=True))
         if pos_embed == "learnable":
             trunc_normal_(self.pos_embed, std=0.2)  # sic: the official std is 0.2
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed"} if isinstance(self.pos_embed, nn.Parameter) else set()
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x = self.tokenizer(x)
@@ -163,72 +157,20 @@ class CCT(nn.Module):
             pos = sinusoid_table(x.shape[1], self.embed_dim).to(x.device)
         return self.pos_drop(x + pos.to(x.dtype)), feat_size
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, Sequence[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        """timm-style: outputs of the chosen blocks (int = last n, None = all), before the final
-        norm unless ``norm``; NCHW maps or NLC tokens (all tokens are patch tokens).
-
-        Returns the list (intermediates_only) or (forward_features output, list).
-        """
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ModelError(f"output_fmt {output_fmt!r}: use 'NCHW' or 'NLC'")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        x, (H, W) = self._embed(x)
-        blocks = self.blocks[: max_index + 1] if stop_early else self.blocks
-        intermediates = []
-        for i, block in enumerate(blocks):
-            x = block(x)
-            if i in take_indices:
-                y = self.norm(x) if norm else x
-                intermediates.append(y.transpose(1, 2).reshape(x.shape[0], -1, H, W) if output_fmt == "NCHW" else y)
-        return intermediates if intermediates_only else (self.norm(x), intermediates)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.blocks(self._embed(x)[0]))
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         weights = self.attention_pool(x).softmax(dim=1)  # sequence pooling: B x N x 1
         x = self.head_drop((weights.transpose(1, 2) @ x).squeeze(1))
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight)
-
-
-def _cfg(**kwargs):
-    return {
-        "url": "", "num_classes": 10, "input_size": (3, 32, 32), "pool_size": None, "crop_pct": 1.0,
-        "interpolation": "bicubic", "mean": CIFAR10_MEAN, "std": CIFAR10_STD,
-        "first_conv": "tokenizer.conv_layers.0.0", "classifier": "head", "license": "apache-2.0", **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({"cct_7_3x1_32": _cfg()})
+default_cfgs = generate_default_cfgs({"cct_7_3x1_32": default_cfg(
+    num_classes=10, input_size=(3, 32, 32), crop_pct=1.0, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+    first_conv="tokenizer.conv_layers.0.0",
+)})
 
 
 @register_model
 def cct_7_3x1_32(pretrained: bool = False, **kwargs) -> CCT:
     """CCT-7/3x1 at 32 px: one 3x3 conv + max-pool tokenizer, 7 blocks, dim 256, 4 heads, mlp ratio 2."""
-    if pretrained:
-        raise ModelError("cct_7_3x1_32 has no pretrained weights; raylg trains from scratch (pretrained=False)")
     defaults = dict(img_size=32, embed_dim=256, depth=7, num_heads=4, mlp_ratio=2.0, kernel_size=3, n_conv_layers=1)
-    return build_model_with_cfg(CCT, "cct_7_3x1_32", pretrained=False, **dict(defaults, **kwargs))
+    return build(CCT, "cct_7_3x1_32", pretrained, defaults, kwargs)

@@ -51,12 +51,11 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, QuickGELU, to_2tuple, trunc_normal_, use_fused_attn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
+from .builder import FlatStages, build, default_cfg, init_weights
 from .errors import ModelError
 
 __all__ = ["CvT", "CvtBlock", "CvtStage", "ConvEmbed", "ConvProjection", "ConvAttention"]
@@ -230,7 +229,7 @@ def _stage_rates(rate: float, depth: int) -> list[float]:
     return [float(r) for r in torch.linspace(0, rate, depth, device="cpu")] if depth > 1 else [0.0] * depth
 
 
-class CvT(nn.Module):
+class CvT(FlatStages):
     """CvT: stages of (conv token embedding, conv-projection attention blocks), class-token head."""
 
     def __init__(
@@ -304,7 +303,7 @@ class CvT(nn.Module):
         self.norm = norm_layer(self.embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
+        self.apply(partial(init_weights, batchnorm=True))  # the official trunc_norm init; convs keep PyTorch's
         for stage in self.stages:
             if stage.cls_token is not None:
                 trunc_normal_(stage.cls_token, std=0.02)
@@ -333,85 +332,16 @@ class CvT(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {f"stages.{i}.cls_token" for i, s in enumerate(self.stages) if s.cls_token is not None}
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
             if global_pool not in ("token", "avg") or (global_pool == "token" and not self.num_prefix_tokens):
                 raise ModelError(f"global_pool {global_pool!r}: use 'avg'" + (" or 'token'" if self.num_prefix_tokens else ""))
             self.global_pool = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, Sequence[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        """timm-style, over blocks numbered flat across stages (int = last n, None = all; 0..12
-        for cvt_13): each chosen block's output, patch tokens only, before any norm (``norm``
-        applies the final norm to last-stage blocks, the only ones of its width); NCHW maps or
-        NLC tokens.
-
-        Returns the list (intermediates_only) or (forward_features output, list).
-        """
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ModelError(f"output_fmt {output_fmt!r}: use 'NCHW' or 'NLC'")
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        intermediates, flat, last = [], 0, self.stages[-1]
-        for stage in self.stages:
-            if stop_early and flat > max_index:
-                break
-            x, feat_size = stage.embed(x)
-            for block in stage.blocks:
-                x = block(x, feat_size)
-                if flat in take_indices:
-                    y = self.norm(x) if norm and stage is last else x
-                    intermediates.append(stage.to_map(y, feat_size) if output_fmt == "NCHW" else y[:, stage.num_prefix_tokens :])
-                flat += 1
-            if stage is not last:
-                x = stage.to_map(x, feat_size)
-        return intermediates if intermediates_only else (self.norm(x), intermediates)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages:
-            x, feat_size = stage.embed(x)
-            for block in stage.blocks:
-                x = block(x, feat_size)
-            if stage is not self.stages[-1]:
-                x = stage.to_map(x, feat_size)
-        return self.norm(x)  # B x (prefix + hw) x C, the class token first
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def _init_weights(m: nn.Module) -> None:  # the official trunc_norm init; convs keep PyTorch's
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-
+        super().reset_classifier(num_classes)
 
 def _cfg(**kwargs):
-    return {
-        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 0.875,
-        "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stages.0.patch_embed.proj", "classifier": "head", "license": "mit", **kwargs,
-    }
+    return default_cfg(**{"crop_pct": 0.875, "first_conv": "stages.0.patch_embed.proj", "license": "mit", **kwargs})
 
 
 default_cfgs = generate_default_cfgs({
@@ -423,20 +353,14 @@ _CVT_13 = dict(embed_dims=(64, 192, 384), depths=(1, 2, 10), num_heads=(1, 3, 6)
                patch_sizes=(7, 3, 3), patch_strides=(4, 2, 2), patch_paddings=(2, 1, 1), cls_token=(False, False, True))
 
 
-def _create(variant: str, pretrained: bool, defaults: dict, kwargs: dict) -> CvT:
-    if pretrained:
-        raise ModelError(f"{variant} has no pretrained weights; raylg trains from scratch (pretrained=False)")
-    return build_model_with_cfg(CvT, variant, pretrained=False, **dict(defaults, **kwargs))
-
-
 @register_model
 def cvt_13(pretrained: bool = False, **kwargs) -> CvT:
     """CvT-13: dims 64/192/384, depths 1/2/10, heads 1/3/6, embeddings 7/3/3 with strides 4/2/2."""
-    return _create("cvt_13", pretrained, dict(_CVT_13), kwargs)
+    return build(CvT, "cvt_13", pretrained, dict(_CVT_13), kwargs)
 
 
 @register_model
 def cvt_13_s2_32(pretrained: bool = False, **kwargs) -> CvT:
     """CvT-13 for native 32 px input: a 3x3 stride-2 first embedding (16, 8, 4 token grids at 32 px)."""
     defaults = dict(_CVT_13, img_size=32, patch_sizes=(3, 3, 3), patch_strides=(2, 2, 2), patch_paddings=(1, 1, 1))
-    return _create("cvt_13_s2_32", pretrained, defaults, kwargs)
+    return build(CvT, "cvt_13_s2_32", pretrained, defaults, kwargs)

@@ -47,7 +47,8 @@ STUDENTS: tuple[str, ...] = (
     "pvt_v2_micro",
 )
 TEACHERS: tuple[str, ...] = ("resnet56_cifar", "resnet20_cifar", "resnet18_cifar")
-_STUDENT_LIKE = ["deit_*", "vit_*", "pit_*", "pvt_v2_*", "convit_*", "t2t_vit_*", "pvt_tiny", "cct_*", "cvt_*"]  # spelling hints only
+# spelling hints only
+_STUDENT_LIKE = ["deit_*", "vit_*", "pit_*", "pvt_v2_*", "convit_*", "t2t_vit_*", "pvt_tiny", "cct_*", "cvt_*"]
 
 # Parameter counts (millions) as the papers publish them, and the (img_size, num_classes)
 # they are counted at. Ours (param_count): DeiT-Ti 5.72, PiT-Ti 4.85, PVTv2-b0 3.67,

@@ -27,13 +27,12 @@ from functools import partial
 from typing import Callable, Optional, Sequence, Union
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, PatchEmbed, calculate_drop_path_rates, resample_abs_pos_embed, to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs, register_model
 from timm.models.pvt_v2 import Attention
 from torch import nn
 
+from .builder import FlatStages, build, default_cfg, init_weights
 from .errors import ModelError
 
 __all__ = ["PyramidVisionTransformer", "PvtBlock", "PvtStage"]
@@ -97,7 +96,7 @@ class PvtStage(nn.Module):
         return x[:, self.num_prefix_tokens :].transpose(1, 2).reshape(x.shape[0], -1, *feat_size)
 
 
-class PyramidVisionTransformer(nn.Module):
+class PyramidVisionTransformer(FlatStages):
     """PVT v1: four stages of (patch embed, position embedding, SR-attention blocks)."""
 
     def __init__(
@@ -149,97 +148,20 @@ class PyramidVisionTransformer(nn.Module):
             trunc_normal_(stage.pos_embed, std=0.02)
             if stage.cls_token is not None:
                 trunc_normal_(stage.cls_token, std=0.02)
-        self.apply(_init_weights)
+        self.apply(init_weights)  # the official init: Linear and LayerNorm only, convs keep PyTorch's
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {f"stages.{i}.pos_embed" for i in range(len(self.stages))} | {f"stages.{len(self.stages) - 1}.cls_token"}
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, Sequence[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        """timm-style, over blocks numbered flat across stages (int = last n, None = all): each
-        chosen block's output, patch tokens only, before any norm (``norm`` applies the final
-        norm to last-stage blocks, the only ones of its width); NCHW maps or NLC tokens.
-
-        Returns the list (intermediates_only) or (forward_features output, list).
-        """
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ModelError(f"output_fmt {output_fmt!r}: use 'NCHW' or 'NLC'")
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        intermediates, flat, last = [], 0, self.stages[-1]
-        for stage in self.stages:
-            if stop_early and flat > max_index:
-                break
-            x, feat_size = stage.embed(x)
-            for block in stage.blocks:
-                x = block(x, feat_size)
-                if flat in take_indices:
-                    y = self.norm(x) if norm and stage is last else x
-                    intermediates.append(stage.to_map(y, feat_size) if output_fmt == "NCHW" else y[:, stage.num_prefix_tokens :])
-                flat += 1
-            if stage is not last:
-                x = stage.to_map(x, feat_size)
-        return intermediates if intermediates_only else (self.norm(x), intermediates)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages:
-            x, feat_size = stage.embed(x)
-            for block in stage.blocks:
-                x = block(x, feat_size)
-            if stage is not self.stages[-1]:
-                x = stage.to_map(x, feat_size)
-        return self.norm(x)  # B x (1 + HW) x C, the class token first
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x[:, 0])
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def _init_weights(m: nn.Module) -> None:  # the official init: Linear and LayerNorm only, convs keep PyTorch's
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-
-
-def _cfg(**kwargs):
-    return {
-        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 0.9,
-        "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stages.0.patch_embed.proj", "classifier": "head", "license": "apache-2.0", **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({"pvt_tiny": _cfg()})
+default_cfgs = generate_default_cfgs({"pvt_tiny": default_cfg(first_conv="stages.0.patch_embed.proj")})
 
 
 @register_model
 def pvt_tiny(pretrained: bool = False, **kwargs) -> PyramidVisionTransformer:
     """PVT-Tiny (v1): dims 64/128/320/512, depths 2/2/2/2, heads 1/2/5/8, mlp 8/8/4/4, SR 8/4/2/1."""
-    if pretrained:
-        raise ModelError("pvt_tiny has no pretrained weights; raylg trains from scratch (pretrained=False)")
     defaults = dict(
         patch_size=4, embed_dims=(64, 128, 320, 512), depths=(2, 2, 2, 2), num_heads=(1, 2, 5, 8),
         mlp_ratios=(8, 8, 4, 4), sr_ratios=(8, 4, 2, 1), qkv_bias=True,
     )
-    return build_model_with_cfg(PyramidVisionTransformer, "pvt_tiny", pretrained=False, **dict(defaults, **kwargs))
+    return build(PyramidVisionTransformer, "pvt_tiny", pretrained, defaults, kwargs)

@@ -22,9 +22,10 @@ from __future__ import annotations
 from typing import Optional, Sequence, Union
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
+from .builder import TimmStyle, build, default_cfg
 from .errors import ModelError
 
 
@@ -48,7 +49,7 @@ class BasicBlock(nn.Module):
         return self.act2(out + self.shortcut(x))
 
 
-class ResNetCifar(nn.Module):
+class ResNetCifar(TimmStyle):
     """A CIFAR ResNet of BasicBlocks; ``stage_depths[i]`` blocks of ``widths[i]`` channels."""
 
     def __init__(
@@ -96,13 +97,6 @@ class ResNetCifar(nn.Module):
     def stage_channels(self) -> list[int]:
         return [f["num_chs"] for f in self.feature_info]
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def _stage_indices(self, indices: Optional[Union[int, Sequence[int]]]) -> list[int]:
         n = len(self.stages)
         if indices is None:
@@ -118,20 +112,9 @@ class ResNetCifar(nn.Module):
             out.append(i % n)
         return out
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, Sequence[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        """timm-style: stage outputs (index i = output of stage i; the stem is not indexed).
-
-        ``norm`` is accepted for timm compatibility; these stage outputs have no extra norm.
-        Returns the maps (intermediates_only) or (final map, maps), maps in stage order.
-        """
+    def _intermediates(self, x, indices, norm, stop_early, output_fmt):
+        """Stage outputs (index i = output of stage i; the stem is not indexed), in stage order,
+        and the final map. ``norm`` is accepted for timm compatibility; these stage outputs have no extra norm."""
         if output_fmt != "NCHW":
             raise ModelError(f"output_fmt {output_fmt!r}: a CNN teacher returns NCHW maps only")
         take = set(self._stage_indices(indices))
@@ -144,7 +127,10 @@ class ResNetCifar(nn.Module):
             x = stage(x)
             if i in take:
                 maps.append(x)
-        return maps if intermediates_only else (x, maps)
+        return x, maps
+
+    def _final(self, x: torch.Tensor) -> torch.Tensor:
+        return x  # no final norm
 
     def forward_stages(self, x: torch.Tensor, with_logits: bool = False):
         """Every stage's output map (the guidance features), in stage order; with_logits=True
@@ -159,16 +145,12 @@ class ResNetCifar(nn.Module):
         x = self.head_drop(self.global_pool(x).flatten(1))
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
 
 def _cfg(**kwargs):
-    return {
-        "url": "", "num_classes": 10, "input_size": (3, 32, 32), "pool_size": (8, 8), "crop_pct": 1.0,
-        "interpolation": "bilinear", "mean": (0.5071, 0.4865, 0.4409), "std": (0.2673, 0.2564, 0.2762),
-        "first_conv": "stem.0", "classifier": "head", "license": "apache-2.0", **kwargs,
-    }
+    return default_cfg(**{
+        "num_classes": 10, "input_size": (3, 32, 32), "pool_size": (8, 8), "crop_pct": 1.0, "interpolation": "bilinear",
+        "mean": (0.5071, 0.4865, 0.4409), "std": (0.2673, 0.2564, 0.2762), "first_conv": "stem.0", **kwargs,
+    })
 
 
 default_cfgs = generate_default_cfgs({
@@ -179,9 +161,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool, defaults: dict, kwargs: dict) -> ResNetCifar:
-    if pretrained:
-        raise ModelError(f"{variant} has no pretrained weights; train it with jobs/train_teacher.py")
-    return build_model_with_cfg(ResNetCifar, variant, pretrained=False, **dict(defaults, **kwargs))
+    return build(ResNetCifar, variant, pretrained, defaults, kwargs, no_weights="train it with jobs/train_teacher.py")
 
 
 @register_model

@@ -18,30 +18,38 @@ keyword arguments (depth, embed_dim, ...) override the defaults below. No weight
 
 from __future__ import annotations
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.pvt_v2 import PyramidVisionTransformerV2
 from timm.models.vision_transformer import VisionTransformer
 
+from .builder import build, default_cfg
 from .errors import ModelError
 
+_DEIT_TINY = dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3)
+_DEIT_MICRO = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2)
+_PVT_V2_MICRO = dict(depths=(1, 1, 1, 1), embed_dims=(32, 48, 64, 96), num_heads=(1, 1, 2, 3), mlp_ratios=(4, 4, 4, 4),
+                     sr_ratios=(4, 2, 1, 1))
+_DISTILLED_HEADS = dict(fixed_input_size=True, classifier=("head", "head_dist"))
 
-def _cfg(input_size=(3, 32, 32), **kwargs):
-    return {
-        "url": "", "num_classes": 100, "input_size": input_size, "pool_size": None, "crop_pct": 1.0,
-        "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj", "classifier": "head", "license": "apache-2.0", **kwargs,
-    }
-
+# name: (class, architecture defaults, extra cfg fields, docstring)
+_STUDENTS = {
+    "deit_tiny_patch4_32": (VisionTransformer, _DEIT_TINY, dict(fixed_input_size=True),
+                            "DeiT-Ti at 32x32 input: patch 4, dim 192, 12 blocks, 3 heads."),
+    "deit_micro_patch4_32": (VisionTransformer, _DEIT_MICRO, dict(fixed_input_size=True),
+                             "A CPU-sized DeiT at 32x32 input: patch 4, dim 64, 4 blocks, 2 heads."),
+    "deit_tiny_distilled_patch4_32": (VisionTransformerDistilled, _DEIT_TINY, _DISTILLED_HEADS,
+                                      "deit_tiny_patch4_32 with DeiT's distillation token and head."),
+    "deit_micro_distilled_patch4_32": (VisionTransformerDistilled, _DEIT_MICRO, _DISTILLED_HEADS,
+                                       "deit_micro_patch4_32 with DeiT's distillation token and head."),
+    "pvt_v2_micro": (PyramidVisionTransformerV2, _PVT_V2_MICRO, {},
+                     "A CPU-sized PVTv2: 4 stages of 1 block, dims 32/48/64/96, spatial reduction 4/2/1/1."),
+}
 
 # register_model picks these up from the module's `default_cfgs`
 default_cfgs = generate_default_cfgs({
-    "deit_tiny_patch4_32": _cfg(fixed_input_size=True),
-    "deit_micro_patch4_32": _cfg(fixed_input_size=True),
-    "deit_tiny_distilled_patch4_32": _cfg(fixed_input_size=True, classifier=("head", "head_dist")),
-    "deit_micro_distilled_patch4_32": _cfg(fixed_input_size=True, classifier=("head", "head_dist")),
-    "pvt_v2_micro": _cfg(),
+    name: default_cfg(num_classes=100, input_size=(3, 32, 32), crop_pct=1.0, **extra)
+    for name, (_, _, extra, _) in _STUDENTS.items()
 })
 
 # student -> the same architecture with a distillation token and head
@@ -70,45 +78,20 @@ def distilled_variant(name: str) -> str:
     return DISTILLED[name]
 
 
-def _build(cls, variant: str, pretrained: bool, defaults: dict, kwargs: dict):
-    if pretrained:
-        raise ModelError(f"{variant} has no pretrained weights; raylg trains from scratch (pretrained=False)")
-    return build_model_with_cfg(cls, variant, pretrained=False, **dict(defaults, **kwargs))
+def _entry_point(name: str):
+    cls, defaults, _, doc = _STUDENTS[name]
+
+    def entry(pretrained: bool = False, **kwargs):
+        return build(cls, name, pretrained, defaults, kwargs)
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = doc
+    entry.__annotations__ = {"pretrained": bool, "return": cls}  # the class raylg's factory reads for the family
+    return register_model(entry)
 
 
-@register_model
-def deit_tiny_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
-    """DeiT-Ti at 32x32 input: patch 4, dim 192, 12 blocks, 3 heads."""
-    defaults = dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3)
-    return _build(VisionTransformer, "deit_tiny_patch4_32", pretrained, defaults, kwargs)
-
-
-@register_model
-def deit_micro_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
-    """A CPU-sized DeiT at 32x32 input: patch 4, dim 64, 4 blocks, 2 heads."""
-    defaults = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2)
-    return _build(VisionTransformer, "deit_micro_patch4_32", pretrained, defaults, kwargs)
-
-
-@register_model
-def deit_tiny_distilled_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformerDistilled:
-    """deit_tiny_patch4_32 with DeiT's distillation token and head."""
-    defaults = dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3)
-    return _build(VisionTransformerDistilled, "deit_tiny_distilled_patch4_32", pretrained, defaults, kwargs)
-
-
-@register_model
-def deit_micro_distilled_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformerDistilled:
-    """deit_micro_patch4_32 with DeiT's distillation token and head."""
-    defaults = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2)
-    return _build(VisionTransformerDistilled, "deit_micro_distilled_patch4_32", pretrained, defaults, kwargs)
-
-
-@register_model
-def pvt_v2_micro(pretrained: bool = False, **kwargs) -> PyramidVisionTransformerV2:
-    """A CPU-sized PVTv2: 4 stages of 1 block, dims 32/48/64/96, spatial reduction 4/2/1/1."""
-    defaults = dict(
-        depths=(1, 1, 1, 1), embed_dims=(32, 48, 64, 96), num_heads=(1, 1, 2, 3),
-        mlp_ratios=(4, 4, 4, 4), sr_ratios=(4, 2, 1, 1),
-    )
-    return _build(PyramidVisionTransformerV2, "pvt_v2_micro", pretrained, defaults, kwargs)
+deit_tiny_patch4_32 = _entry_point("deit_tiny_patch4_32")
+deit_micro_patch4_32 = _entry_point("deit_micro_patch4_32")
+deit_tiny_distilled_patch4_32 = _entry_point("deit_tiny_distilled_patch4_32")
+deit_micro_distilled_patch4_32 = _entry_point("deit_micro_distilled_patch4_32")
+pvt_v2_micro = _entry_point("pvt_v2_micro")

@@ -31,17 +31,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Mlp, calculate_drop_path_rates, to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from .builder import BlockSequence, build, default_cfg, init_weights
 from .errors import ModelError
 from .sinusoid import sinusoid_table
 
@@ -140,7 +139,7 @@ class TokensToToken(nn.Module):
         return self.project(x), size
 
 
-class T2TViT(nn.Module):
+class T2TViT(BlockSequence):
     """T2T-ViT: Tokens-to-Token embedding + a plain ViT with a class token and sinusoid positions."""
 
     def __init__(
@@ -187,20 +186,16 @@ class T2TViT(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         trunc_normal_(self.cls_token, std=0.02)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {"cls_token"}
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        super().reset_classifier(num_classes)
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x, (H, W) = self.tokens_to_token(x)
@@ -210,79 +205,18 @@ class T2TViT(nn.Module):
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         return self.pos_drop(x + pos.to(x.dtype)), (H, W)
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, Sequence[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        """timm-style: outputs of the chosen blocks (int = last n, None = all), patch tokens only,
-        before the final norm unless ``norm``; NCHW maps or NLC tokens.
-
-        Returns the list (intermediates_only) or (forward_features output, list).
-        """
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ModelError(f"output_fmt {output_fmt!r}: use 'NCHW' or 'NLC'")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        x, (H, W) = self._embed(x)
-        blocks = self.blocks[: max_index + 1] if stop_early else self.blocks
-        intermediates = []
-        for i, block in enumerate(blocks):
-            x = block(x)
-            if i in take_indices:
-                y = (self.norm(x) if norm else x)[:, self.num_prefix_tokens :]
-                intermediates.append(y.transpose(1, 2).reshape(x.shape[0], -1, H, W) if output_fmt == "NCHW" else y)
-        return intermediates if intermediates_only else (self.norm(x), intermediates)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.blocks(self._embed(x)[0]))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-
-
-def _cfg(**kwargs):
-    return {
-        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 0.9,
-        "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "tokens_to_token.project", "classifier": "head", "license": "apache-2.0", **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({"t2t_vit_7": _cfg(), "t2t_vit_14": _cfg()})
-
-
-def _create(variant: str, pretrained: bool, defaults: dict, kwargs: dict) -> T2TViT:
-    if pretrained:
-        raise ModelError(f"{variant} has no pretrained weights; raylg trains from scratch (pretrained=False)")
-    return build_model_with_cfg(T2TViT, variant, pretrained=False, **dict(defaults, **kwargs))
+default_cfgs = generate_default_cfgs({
+    name: default_cfg(first_conv="tokens_to_token.project") for name in ("t2t_vit_7", "t2t_vit_14")
+})
 
 
 @register_model
 def t2t_vit_7(pretrained: bool = False, **kwargs) -> T2TViT:
     """T2T-ViT-7: performer T2T module (token dim 64), dim 256, 7 blocks, 4 heads, mlp ratio 2."""
-    return _create("t2t_vit_7", pretrained, dict(embed_dim=256, depth=7, num_heads=4, mlp_ratio=2.0), kwargs)
+    return build(T2TViT, "t2t_vit_7", pretrained, dict(embed_dim=256, depth=7, num_heads=4, mlp_ratio=2.0), kwargs)
 
 
 @register_model
 def t2t_vit_14(pretrained: bool = False, **kwargs) -> T2TViT:
     """T2T-ViT-14: performer T2T module (token dim 64), dim 384, 14 blocks, 6 heads, mlp ratio 3."""
-    return _create("t2t_vit_14", pretrained, dict(embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.0), kwargs)
+    return build(T2TViT, "t2t_vit_14", pretrained, dict(embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.0), kwargs)

@@ -116,7 +116,8 @@ def _pit_channels(model: PoolingVisionTransformer) -> list[int]:
 def _pit_size_error(model: PoolingVisionTransformer, img_size: int) -> Optional[str]:
     patch, stride = model.patch_embed.patch_size[0], model.patch_embed.conv.stride[0]
     if img_size < patch or (img_size - patch) % stride:
-        return f"image size {img_size} does not fit the patch embedding (patch {patch}, stride {stride}): need (size - {patch}) % {stride} == 0"
+        return (f"image size {img_size} does not fit the patch embedding (patch {patch}, stride {stride}): "
+                f"need (size - {patch}) % {stride} == 0")
     return None
 
 

@@ -53,8 +53,8 @@ def describe(sweep: Sweep, config: dict[str, Any]) -> str:
     parts = [str(config[ARM])] if ARM in config else []
     if SEED in config:
         parts.append(f"seed {config[SEED]}")
-    parts += [f"{k.rsplit('.', 1)[-1]} {config[k]:g}" if isinstance(config.get(k), float) else f"{k.rsplit('.', 1)[-1]} {config.get(k)}"
-              for k in sweep.swept]
+    parts += [f"{k.rsplit('.', 1)[-1]} {config[k]:g}" if isinstance(config.get(k), float)
+              else f"{k.rsplit('.', 1)[-1]} {config.get(k)}" for k in sweep.swept]
     return ", ".join(parts)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
+from raylg.files import write_text_atomic
 from raylg.ray import verdict as verdict_lib
 from raylg.ray.spec import ARM, SEED
 from raylg.tracking import STOPPED_EARLY, Tracker
@@ -45,7 +46,8 @@ def first_error_line(error) -> str:
     """The line of a trial's error that says what went wrong (the exception's own message, not
     the Ray wrappers or traceback frames around it)."""
     lines = [l.strip() for l in str(error).splitlines() if l.strip()]
-    msgs = [l for l in lines if not l.startswith(("File ", "Traceback", "^", "~", "ray::", "The above exception", "During handling"))
+    noise = ("File ", "Traceback", "^", "~", "ray::", "The above exception", "During handling")
+    msgs = [l for l in lines if not l.startswith(noise)
             and ("Error" in l.split(":")[0] or "Exception" in l.split(":")[0] or "Loss" in l.split(":")[0])]
     return (msgs[-1] if msgs else (lines[-1] if lines else type(error).__name__))[:400]
 
@@ -212,9 +214,7 @@ def write_verdict(sweep, rows: list[dict[str, Any]], out_dir: Path) -> tuple[str
     for suffix, content in ((".md", verdict_lib.markdown(v, fields, sweep.baseline_arm)), (".csv", verdict_lib.to_csv(v, fields)),
                             (".json", verdict_lib.to_json(v, rows, fields, sweep.baseline_arm))):
         path = out_dir / f"{VERDICT}{suffix}"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(content)
-        tmp.replace(path)
+        write_text_atomic(path, content)
         files.append(path)
     if any(x["n"] for x in v):
         files.append(verdict_lib.plot(v, rows, fields, out_dir / f"{VERDICT}.png"))

@@ -197,7 +197,8 @@ def _trial_fn(sweep: Sweep, paths: Paths, teachers: Teachers, tracking: dict[str
     def trial(params: dict[str, Any]) -> None:
         trial_id = tune.get_context().get_trial_id()
         cfg = sweep.trial_config(params)
-        cfg = config_lib.apply_overrides(cfg, {"run.name": trial_id, "run.progress": False, "run.out_dir": str(paths.local / "trials"),
+        cfg = config_lib.apply_overrides(cfg, {"run.name": trial_id, "run.progress": False,
+                                               "run.out_dir": str(paths.local / "trials"),
                                                "teacher.path": teachers.for_trial(sweep, cfg)})
         tags = trial_tags(sweep, params, cfg)
         loop_config = {"cfg": config_lib.flatten(cfg), "run_dir": str(paths.local / "trials" / trial_id), "in_tune": True,
@@ -234,7 +235,8 @@ def _tuner(sweep: Sweep, paths: Paths, trainable, resume: bool, log=print) -> tu
                                     num_samples=sweep.spec.num_samples, max_concurrent_trials=concurrency(sweep)),
         # in-process trials checkpoint through Tune: keep the best and (always) the latest
         run_config=tune.RunConfig(name=sweep.spec.name, storage_path=paths.storage, verbose=0, callbacks=[Console(sweep, log)],
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=sweep.spec.metric,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1,
+                                                                          checkpoint_score_attribute=sweep.spec.metric,
                                                                           checkpoint_score_order=sweep.mode)),
     )
 
@@ -255,17 +257,20 @@ def run(sweep: Sweep, *, log=print) -> list[dict[str, Any]]:
     check_reachable(uri)
     logs = _init_ray(uri)
     check_resources(sweep)
-    log(f"sweep {sweep.spec.name}: {'resuming' if resume else 'starting'} {plan(sweep)}; storage {paths.storage}/{sweep.spec.name}; MLflow {uri}")
+    log(f"sweep {sweep.spec.name}: {'resuming' if resume else 'starting'} {plan(sweep)}; "
+        f"storage {paths.storage}/{sweep.spec.name}; MLflow {uri}")
     log(f"logs: Ray, Tune and MLflow in {paths.local / 'driver.log'}; what trials print in {logs or 'the Ray head node logs'}")
     teachers = resolve_teachers(sweep, paths, log)
     (paths.local / SWEEP_FILE).write_text(json.dumps(identity(sweep), indent=2, default=str))
 
     tracker = Tracker(uri)
-    exp = tracker.experiment(sweep.spec.name, None if uri.startswith("http") else (paths.local / "mlartifacts").resolve().as_uri())
+    artifacts = None if uri.startswith("http") else (paths.local / "mlartifacts").resolve().as_uri()
+    exp = tracker.experiment(sweep.spec.name, artifacts)
     parent = tracker.parent_run(exp, sweep.spec.name, {**{f"space.{k}": v for k, v in sweep.spec.space.items()},
                                                        "metric": sweep.spec.metric, "asha": sweep.asha,
                                                        "asha.max_t": sweep.max_t, "asha.grace_period": sweep.grace_period,
-                                                       "arms": json.dumps(sweep.spec.arms), "baseline_arm": sweep.baseline_arm or "none",
+                                                       "arms": json.dumps(sweep.spec.arms),
+                                                       "baseline_arm": sweep.baseline_arm or "none",
                                                        "seeds": sweep.spec.seeds or "none",
                                                        "teacher": teachers.fixed or sweep.spec.teacher.config or "none"},
                                 key=f"{paths.storage}/{sweep.spec.name}")

@@ -24,7 +24,6 @@ from raylg import config as config_lib, storage
 from raylg.fit import Hooks, fit
 from raylg.ray import teachers
 
-
 EPOCHS_DONE = "epochs_done"  # ASHA's time attribute: survives trial restarts, unlike an iteration counter
 
 

@@ -52,7 +52,8 @@ def verdict(rows: list[dict[str, Any]], fields: list[str], baseline_arm: str | N
         val, test = _finite(r[VAL] for r in done), _finite(r.get(TEST) for r in done)
         v = {"arm": arm, **dict(zip(fields, setting)), "n": len(done),
              "stopped_early": sum(r["status"] == "FINISHED" and r["stopped_early"] for r in trials),
-             "failed": sum(r["status"] == "FAILED" for r in trials), "seeds": sorted(r.get("seed") for r in done if r.get("seed") is not None)}
+             "failed": sum(r["status"] == "FAILED" for r in trials),
+             "seeds": sorted(r.get("seed") for r in done if r.get("seed") is not None)}
         v["val_mean"], v["val_std"] = _mean_std(val)
         v["test_mean"], v["test_std"] = _mean_std(test) if len(test) == len(done) else (math.nan, math.nan)
         v.update(_paired(done, groups.get((baseline_arm, setting), []), arm == baseline_arm or baseline_arm is None))

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from .program import KINDS
 
-
 # ---------------------------------------------------------------------------------------
 # the ops, on float tensors holding integer values 0..255 (uint8 semantics, as PIL's)
 

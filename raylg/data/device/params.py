@@ -9,7 +9,6 @@ import numpy as np
 
 from .program import BLEND_OPS, GEOMETRIC_OPS, KIND, POINT_OPS, RandAugmentSpec
 
-
 # ---------------------------------------------------------------------------------------
 # per-sample random parameters, drawn on the host for an epoch
 

@@ -12,7 +12,6 @@ import torch
 
 from .errors import Unsupported
 
-
 # ---------------------------------------------------------------------------------------
 # the program: the loader's transform, read step by step
 
