@@ -22,7 +22,10 @@ from raylg import precision as precision_lib
 
 
 def compile_task(task: torch.nn.Module, **options) -> torch.nn.Module:
-    """Compile the task's forward in place; returns the task."""
+    """Compile the task's forward in place; returns the task. Dynamo's caches are cleared first: a
+    process that runs trial after trial (Tune reuses it) would otherwise pile up compiled variants
+    of Task.forward until dynamo's per-function limit sends later trials back to eager."""
+    torch._dynamo.reset()
     task.compile(**options)
     return task
 
