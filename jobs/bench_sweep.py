@@ -152,17 +152,21 @@ def main(argv=None) -> None:
     sweep_wall = time.perf_counter() - t0
     dirs = sorted((tmp / "sweeps" / "bench" / "trials").iterdir())
     trial_sum = sum(sum(epoch_times(d)) for d in dirs)
-    fixed = []
-    for i, d in enumerate(dirs):
+    fixed, fresh, reused = [], [], []
+    for d in dirs:
         marks = timing.read(d / "timing.json")
         start = min(t for n, t in marks if n in ("import_start", "trial_start"))  # a fresh process: from its imports
-        rows, f, _ = breakdown([m for m in marks if m[1] >= start], epoch_times(d))
-        fixed.append(f)
-        if i == 0:
-            show(f"in-process sweep trial (first of {len(dirs)})", [m for m in marks if m[1] >= start], epoch_times(d))
+        marks = [m for m in marks if m[1] >= start]
+        fixed.append(breakdown(marks, epoch_times(d))[1])
+        (fresh if any(n == "import_start" for n, _ in marks) else reused).append((d, marks))
+    for title, group in (("in a fresh process", fresh), ("in a process a finished trial left (Tune reuses it)", reused)):
+        if group:
+            d, marks = group[len(group) // 2]
+            show(f"in-process sweep trial {title}, {len(group)} of {len(dirs)}", marks, epoch_times(d))
     ideal = trial_sum / args.concurrent
-    print(f"\nin-process trial fixed cost (its process's imports to the trial's end, minus epochs): median "
-          f"{statistics.median(fixed):.1f} s, range {min(fixed):.1f}-{max(fixed):.1f} s over {len(fixed)} trials (goal <= 5 s)")
+    print(f"\nin-process trial fixed cost (its process's imports, if any, to the trial's end, minus epochs): median "
+          f"{statistics.median(fixed):.1f} s, range {min(fixed):.1f}-{max(fixed):.1f} s over {len(fixed)} trials "
+          f"({len(fresh)} in fresh processes; goal <= 5 s)")
     print(f"sweep of {len(dirs)} trials, {args.concurrent} at a time: wall {sweep_wall:.1f} s, sum of trials' epoch times "
           f"{trial_sum:.1f} s, ideal wall {ideal:.1f} s, overhead ratio wall / ideal {sweep_wall / ideal:.2f} "
           f"(per trial {(sweep_wall - ideal) * args.concurrent / len(dirs):.1f} s of slot time); load average "

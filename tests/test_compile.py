@@ -40,7 +40,7 @@ def test_warm_up_compiles_and_leaves_the_task_and_rng_as_they_were(tmp_path):
 
 @pytest.mark.slow
 def test_compiled_run_trains_like_eager_and_reports_compile_time_apart(tmp_path):
-    over = {"schedule.epochs": 1, "run.max_train_batches": 3}
+    over = {"schedule.epochs": 1, "schedule.warmup_epochs": 0, "run.max_train_batches": 3}
     eager = fit(tiny_config(tmp_path, **over), tmp_path / "eager")
     comp = fit(tiny_config(tmp_path, **over, **{"run.compile": True}), tmp_path / "compiled")
     rows = {k: json.loads((tmp_path / k / "metrics.jsonl").read_text().splitlines()[0]) for k in ("eager", "compiled")}

@@ -121,7 +121,8 @@ def test_two_epoch_lg_run_on_the_gpu(tmp_path, digits_teacher):
 
 
 def test_compiled_run_on_the_gpu_reports_its_compile_time(tmp_path):
-    cfg = tiny_config(tmp_path, **{"run.compile": True, "run.device": "cuda", "schedule.epochs": 1})
+    cfg = tiny_config(tmp_path, **{"run.compile": True, "run.device": "cuda", "schedule.epochs": 1,
+                                   "schedule.warmup_epochs": 0})
     summary = fit(cfg, tmp_path / "compiled")
     rows = [json.loads(x) for x in (tmp_path / "compiled" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["compile_time_s"] > 0 and summary["compile_time_s"] == rows[0]["compile_time_s"]
