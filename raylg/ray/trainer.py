@@ -82,9 +82,6 @@ def _threads(cpus: float) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
 
 
-_loops_in_process = 0
-
-
 def _gpu_share(cfg, share: float):
     """A worker on a fraction of a GPU (trials packed on it) keeps to that fraction of its memory: the
     caching allocator is capped there (a trial that needs more fails alone, out of memory, instead
@@ -97,6 +94,9 @@ def _gpu_share(cfg, share: float):
         total = torch.cuda.get_device_properties(device).total_memory
         cfg = config_lib.apply_overrides(cfg, {"data.device_budget_mib": DEFAULT_FRACTION * share * total / 2**20})
     return cfg
+
+
+_loops_in_process = 0
 
 
 def _process_marks() -> dict[str, float]:
@@ -154,7 +154,8 @@ def make_trainer(loop_config: dict[str, Any], *, name: str, storage: str, worker
                     checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val/top1",
                                                        checkpoint_score_order="max"))  # best + the latest (always kept)
     in_tune = loop_config.get("in_tune", False)
-    loop_config = {**loop_config, "cpus": cpus_per_worker, "gpus": gpus_per_worker, "report_to": "tune" if (in_tune and workers == 0) else "train",
+    loop_config = {**loop_config, "cpus": cpus_per_worker, "gpus": gpus_per_worker,
+                   "report_to": "tune" if (in_tune and workers == 0) else "train",
                    "marks": {**(marks or {}), "trainer_built": time.time()}}
     return TorchTrainer(loop, train_loop_config=loop_config, scaling_config=scaling,
                         run_config=run, torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"))
