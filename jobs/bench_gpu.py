@@ -3,6 +3,7 @@
     python jobs/bench_gpu.py                          # one GPU, about 5 minutes
     python jobs/bench_gpu.py --budget-s 600 --epochs 3
     python jobs/bench_gpu.py --device cpu --cases deit_micro_patch4_32:32 --pack 0   # the same rows on the CPU
+    python jobs/bench_gpu.py --device cpu --cases deit_micro_patch4_32:32 --compare-compile   # when compiling pays off
 
 Rows, for DeiT-Ti at 224 px / patch 16 and at 32 px / patch 4, batch 128, bf16: baseline and LG
 (a ResNet-56 teacher at 32 px, random weights: its cost is what is measured), the per-image
@@ -159,7 +160,7 @@ def measure(model: str, img: int, arm: str, pipeline: str, compiled: bool, *, ba
             time.sleep(0.01)
     seen, t0, e = 0, time.perf_counter(), 1
     while (seconds and time.perf_counter() - t0 < seconds) or (not seconds and e <= epochs):
-        m = epoch(e)
+        epoch(e)
         seen += steps * batch  # whole batches only (the loader drops the last part; the device pipeline too)
         e += 1
     _sync(dev)
@@ -169,11 +170,73 @@ def measure(model: str, img: int, arm: str, pipeline: str, compiled: bool, *, ba
     out = {"model": model, "img": img, "arm": arm, "pipeline": pipeline, "compiled": compiled, "batch": batch,
            "images_per_s": ips, "step_s": batch / ips, "peak_mib": mem, "compile_s": compile_s,
            "flops_per_step": flops_cache[key], "steps": seen // batch, "late_s": late, "train_images": len(bundle.train)}
-    del task, opt, batches, bundle
-    gc.collect()
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
     return out
+
+
+def free(device: str) -> None:
+    """Give back what the last row held (its task, optimizer and split), before the next row."""
+    import torch
+
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def compare_compile(args) -> None:
+    """Eager and compiled copies of one task, timed in alternating blocks of the same batches (a
+    busy machine's drift hits both alike); prints each step's median and when compiling pays off."""
+    import copy
+    import statistics
+
+    import torch
+
+    from raylg import compiled as compiled_lib, precision as precision_lib
+    from raylg.task import build_optimizer
+
+    dev = torch.device(args.device)
+    print(f"eager vs compiled, {args.rounds} alternating rounds of {args.steps} steps, batch {args.batch_size}, bf16 autocast, "
+          f"{torch.get_num_threads()} threads on {args.device}", flush=True)
+    for case in args.cases:
+        model, img = case.split(":")
+        for arm in ("baseline", "lg"):
+            cfg = _cfg(model, int(img), arm, "device", False, args.batch_size, 0, args.device)
+            bundle, task, opt, batches = build(cfg, arm, dev)
+            ctask = copy.deepcopy(task)
+            copt = build_optimizer(ctask, cfg.optim)
+            compile_s = compiled_lib.warm_up(compiled_lib.compile_task(ctask), batches, dev, "bf16")
+            data = []
+            for b in batches:
+                data.append({k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()})
+                if len(data) == args.steps:
+                    break
+
+            def block(t, o) -> float:
+                t.train()
+                _sync(dev)
+                t0 = time.perf_counter()
+                for b in data:
+                    with precision_lib.autocast(dev, "bf16"):
+                        loss = sum(t(b)["losses"].values())
+                    o.zero_grad(set_to_none=True)
+                    loss.backward()
+                    o.step()
+                _sync(dev)
+                return (time.perf_counter() - t0) / len(data)
+
+            block(task, opt), block(ctask, copt)  # warm-up
+            times = {"eager": [], "compiled": []}
+            for r in range(args.rounds):
+                pair = [("eager", task, opt), ("compiled", ctask, copt)]
+                for name, t, o in (pair if r % 2 == 0 else pair[::-1]):
+                    times[name].append(block(t, o))
+            e, c = statistics.median(times["eager"]), statistics.median(times["compiled"])
+            verdict = (f"pays off after {compile_s / (e - c):.0f} steps ({compile_s / (e - c) / len(batches):.1f} epochs of "
+                       f"{len(batches)} steps here)" if e > c else "does not pay off (compiled is not faster)")
+            print(f"{model} {img}px {arm}: eager {1000 * e:.1f} ms/step, compiled {1000 * c:.1f} ms/step "
+                  f"({e / c:.2f}x; spread eager {1000 * min(times['eager']):.0f}-{1000 * max(times['eager']):.0f}, compiled "
+                  f"{1000 * min(times['compiled']):.0f}-{1000 * max(times['compiled']):.0f}), compile {compile_s:.1f} s: "
+                  f"{verdict}", flush=True)
+            del bundle
 
 
 def packed(args, n: int) -> dict:
@@ -207,6 +270,10 @@ def main(argv=None) -> None:
     p.add_argument("--budget-s", type=float, default=290.0, help="skip rows that would start after this many seconds")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak dense bf16 TFLOP/s")
     p.add_argument("--json", help="write the rows here too")
+    p.add_argument("--compare-compile", action="store_true",
+                   help="only eager vs compiled, alternating blocks of --steps steps for --rounds rounds (steady under load)")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--steps", type=int, default=5)
     # one packed trial (internal)
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -228,6 +295,8 @@ def main(argv=None) -> None:
                                  workers=0, device=args.device, flops_cache={}, seconds=args.seconds,
                                  start_at=args.start_at)))
         return
+    if args.compare_compile:
+        return compare_compile(args)
     peak, peak_src = peak_flops(dev, args.peak_tflops)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     print(f"device {name}; torch {torch.__version__}; bf16 autocast; batch {args.batch_size}; {args.epochs} timed epochs "
@@ -253,13 +322,17 @@ def main(argv=None) -> None:
                 except Exception as e:  # a row that cannot run (e.g. the device pipeline refused) is named, not fatal
                     print(f"{what}: failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
                     continue
+                finally:
+                    free(args.device)
                 mfu = r["flops_per_step"] / r["step_s"] / peak if peak else float("nan")
                 r["mfu"] = mfu
+                comp = f"{r['compile_s']:.1f}" if compiled else "-"
+                mem = "-" if r["peak_mib"] != r["peak_mib"] else f"{r['peak_mib']:.0f}"  # no figure on a CPU
                 rows.append(r)
                 print(f"{model:24s} {img:>4s} {arm:>8s} {pipeline:>8s} {'yes' if compiled else 'no':>8s} "
-                      f"{r['images_per_s']:9.0f} {1000 * r['step_s']:8.2f} {r['peak_mib']:9.0f} "
+                      f"{r['images_per_s']:9.0f} {1000 * r['step_s']:8.2f} {mem:>9s} "
                       f"{r['flops_per_step'] / 1e9:10.1f} {'' if mfu != mfu else f'{100 * mfu:5.1f}%':>6s} "
-                      f"{r['compile_s'] if compiled else float('nan'):9.1f}", flush=True)
+                      f"{comp:>9s}", flush=True)
 
     run_rows(False)  # eager rows first, then the packed trials, then the compiled rows (minutes each) as time allows
     pack = []

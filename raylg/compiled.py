@@ -3,7 +3,7 @@
 torch.compile compiles on the first call, so a compiled run's first step would carry the whole
 compile. `warm_up` makes that call itself, on one training batch (forward and backward, the
 graphs the steps use), then puts back everything the call touched: parameters and buffers,
-gradients and the RNG streams. The run then trains exactly the batches and randomness an eager
+gradients and the RNG streams (torch's, Python's, numpy's). The run then trains exactly the batches and randomness an eager
 run would, and its compile time is a figure of its own (`compile_time_s` in the first epoch's
 metrics and in summary.json), apart from the step time.
 
@@ -13,10 +13,13 @@ DDP wrapping are those of an eager run. Evaluation (task.predict) stays eager.
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Iterable
 
+import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from raylg import precision as precision_lib
 
@@ -32,14 +35,26 @@ def compile_task(task: torch.nn.Module, **options) -> torch.nn.Module:
 
 def _rng_state(device: torch.device):
     cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
+    return torch.get_rng_state(), cuda, random.getstate(), np.random.get_state()
 
 
 def _set_rng_state(state, device: torch.device) -> None:
-    cpu, cuda = state
+    cpu, cuda, py, npy = state
     torch.set_rng_state(cpu)
     if cuda is not None:
         torch.cuda.set_rng_state(cuda, device)
+    random.setstate(py)
+    np.random.set_state(npy)
+
+
+def _first_batch(batches: Iterable[dict]) -> dict:
+    """One training batch. A DataLoader's is collated from its dataset's first items, without an
+    iterator: starting one would draw its workers' seeds from the loader's generator and start
+    (persistent) workers before the run's first epoch sets them."""
+    if isinstance(batches, DataLoader):
+        n = min(batches.batch_size or 1, len(batches.dataset))
+        return batches.collate_fn([batches.dataset[i] for i in range(n)])
+    return next(iter(batches))
 
 
 def warm_up(task: torch.nn.Module, batches: Iterable[dict], device: torch.device, precision: str) -> float:
@@ -50,7 +65,7 @@ def warm_up(task: torch.nn.Module, batches: Iterable[dict], device: torch.device
     rng = _rng_state(device)
     was_training = task.training
     t0 = time.perf_counter()
-    batch = next(iter(batches))
+    batch = _first_batch(batches)
     batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
     task.train()
     with precision_lib.autocast(device, precision):
