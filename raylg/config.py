@@ -149,6 +149,9 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "auto"] = "auto"  # bf16 = autocast; auto = bf16 where native (raylg.precision)
     log_every: int = 50  # steps between host reads of the loss terms and the NaN check (and its rollback point)
+    # the task's training forward through torch.compile (raylg.compiled): compiled once before the first
+    # epoch, its time reported apart (compile_time_s); pays off once a run has more steps than it takes to win back
+    compile: bool = False
     resume: bool = False  # continue from out_dir/name/checkpoints/last
     # start the student from other weights (e.g. an SSL stage): a run dir (its checkpoints/last), a
     # checkpoint dir, or a .safetensors of the student alone; "" = fresh init

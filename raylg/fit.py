@@ -13,6 +13,7 @@ A run directory holds:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -26,13 +27,22 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from raylg import checkpoint, config as config_lib, data, engine, precision as precision_lib, schedule, teacher as teacher_lib
+from raylg import (
+    checkpoint,
+    config as config_lib,
+    data,
+    engine,
+    precision as precision_lib,
+    schedule,
+    teacher as teacher_lib,
+    timing,
+)
 from raylg.data import device as device_data
 from raylg.task import build_optimizer, build_task
 
 # fields that may differ between a run and its resume
 RESUME_IGNORES = ("run.resume", "run.progress", "data.num_workers", "data.eval_batch_size", "run.device",
-                  "data.device_budget_mib", "run.log_every")
+                  "data.device_budget_mib", "run.log_every", "run.compile")
 
 
 class ResumeError(RuntimeError):
@@ -63,6 +73,7 @@ class Hooks:
     """What a launcher gives fit(): a plain single process by default."""
 
     rank, world_size = 0, 1
+    cache_data = False  # keep built datasets for later runs in this process (fit.build_data)
 
     def device(self, cfg) -> torch.device:
         want = cfg.run.device
@@ -92,9 +103,28 @@ class Setup:
     teacher_card: dict | None
 
 
-def setup(cfg) -> Setup:
+_bundles: dict[str, Any] = {}  # data config -> its built bundle, for the runs that follow in this process
+KEEP_BUNDLES = 2
+
+
+def build_data(data_cfg, cache: bool = False):
+    """data.build; with cache, once per data config in a process: a sweep's trials that reuse a
+    process (Tune reuses a trial's actor for the next trial) find their split built. Bundles are
+    read-only to a run. Without cache (a plain run) the data is read afresh."""
+    if not cache:
+        return data.build(data_cfg)
+    key = json.dumps(dataclasses.asdict(data_cfg), sort_keys=True, default=str)
+    if key not in _bundles:
+        while len(_bundles) >= KEEP_BUNDLES:
+            _bundles.pop(next(iter(_bundles)))
+        _bundles[key] = data.build(data_cfg)
+    return _bundles[key]
+
+
+def setup(cfg, cache_data: bool = False) -> Setup:
     """Data and the task (student + guidance heads) on the CPU, teacher checked and loaded."""
-    bundle = data.build(cfg.data)
+    bundle = build_data(cfg.data, cache_data)
+    timing.mark("data")
     targets, card, channels = None, None, None
     if cfg.guidance.locality.source == "shards":  # precomputed maps: no teacher is built or loaded
         from raylg import features
@@ -108,12 +138,15 @@ def setup(cfg) -> Setup:
                                            f"was trained at {card['img_size']}px")
         targets = teacher_lib.OnlineTeacher(model, cfg.teacher.img_size, cfg.teacher.bn_mode)
         channels = card["stage_channels"]
+    if targets is not None:
+        timing.mark("teacher")
     torch.manual_seed(cfg.run.seed)  # the student's init depends on the seed alone
     task = build_task(cfg, in_chans=bundle.in_chans, num_classes=bundle.num_classes, teacher_channels=channels, targets=targets)
     if cfg.run.init_from:  # the student from other weights (e.g. a self-supervised stage), checked before training
         from raylg import init_from
 
         init_from.load_student(task.student, cfg.run.init_from, model_name=cfg.model.name, num_classes=bundle.num_classes)
+    timing.mark("task")
     return Setup(bundle, task, targets, card)
 
 
@@ -183,10 +216,13 @@ def fit(cfg, run_dir: str | Path, *, hooks: Hooks | None = None, resume_from: st
 def _fit(cfg, run_dir: str | Path, hooks: Hooks, resume_from, callbacks: list[Callback]) -> dict[str, Any]:
     run_dir = Path(run_dir)
     main = hooks.rank == 0
+    if not any(n == "loop_start" for n, _ in timing.marks()):  # a plain run: fit is the loop's start
+        timing.reset()
+    timing.mark("fit_start")
     if cfg.run.resume and resume_from is None:
         resume_from = check_resume(cfg, run_dir)
     device = hooks.device(cfg)
-    s = setup(cfg)
+    s = setup(cfg, cache_data=hooks.cache_data)
     prec = precision_lib.resolve(cfg.run.precision, device, warn=main)
     pipe = device_data.plan(cfg.data, s.bundle, device)  # refuses data.pipeline: device that cannot be, naming why
     resolved = {"run.precision_resolved": prec.precision, "data.pipeline_resolved": pipe.pipeline}
@@ -203,6 +239,8 @@ def _fit(cfg, run_dir: str | Path, hooks: Hooks, resume_from, callbacks: list[Ca
     task = s.task.to(device)
     for cb in callbacks:  # rank 0 only (fit), which wrote data.json
         cb.on_start(cfg, json.loads((run_dir / "data.json").read_text()))
+    if callbacks:
+        timing.mark("tracking")
     if s.targets is not None:
         s.targets.to(device)
     optimizer = build_optimizer(task, cfg.optim)
@@ -230,12 +268,21 @@ def _fit(cfg, run_dir: str | Path, hooks: Hooks, resume_from, callbacks: list[Ca
         best = meta["metrics"].get("best", best)
     else:
         seed_all(cfg.run.seed + hooks.rank)  # the same training randomness whatever heads were built
+    compile_s = None
+    if cfg.run.compile:  # compiled here, on one batch, so the first epoch's step time is the step's alone
+        from raylg import compiled
+
+        compile_s = compiled.warm_up(compiled.compile_task(task), train_loader, device, prec.precision)
+        timing.mark("compile")
+        if main:
+            print(f"run.compile: compiled the task's forward and backward in {compile_s:.1f}s", flush=True)
     model = hooks.wrap_model(task)
     metrics_path = run_dir / "metrics.jsonl"
     if main and metrics_path.exists():  # keep only the epochs the checkpoint covers
         kept = [l for l in metrics_path.read_text().splitlines() if l and json.loads(l)["epoch"] < start_epoch]
         metrics_path.write_text("".join(l + "\n" for l in kept))
 
+    timing.mark("loaders")
     row: dict[str, Any] = {}
     finished = None
     for epoch in range(start_epoch, cfg.schedule.epochs):
@@ -249,8 +296,11 @@ def _fit(cfg, run_dir: str | Path, hooks: Hooks, resume_from, callbacks: list[Ca
         if bar is not None:
             bar.close()
         val_m = engine.evaluate(model, val_loader, device=device, precision=prec.precision)
+        timing.mark(f"epoch_{epoch}")
         row = {"epoch": epoch, "step": step, **train_m, **val_m, "epoch_time_s": time.perf_counter() - t0,
                "world_size": hooks.world_size}
+        if compile_s is not None and epoch == start_epoch:
+            row["compile_time_s"] = compile_s
         is_best = row["val/top1"] > best["val/top1"]
         if is_best:
             best = {"val/top1": row["val/top1"], "val/top5": row["val/top5"], "epoch": epoch}
@@ -267,15 +317,21 @@ def _fit(cfg, run_dir: str | Path, hooks: Hooks, resume_from, callbacks: list[Ca
             print(_line(row), flush=True)
             if epoch == cfg.schedule.epochs - 1:  # the last report carries the best student's test figures
                 finished = _finish(cfg, run_dir, task, s.bundle, device, prec.precision, pipe)
+                timing.mark("finish")
                 row = {**row, **{k: v for k, v in finished.items() if k.startswith("test/")}}
             for cb in callbacks:  # before the report: ASHA may end a trial inside it
                 cb.on_epoch(row)
+            timing.write(run_dir / "timing.json")  # each epoch: ASHA may end the trial inside the report
         hooks.report(row, ckpt)
 
     summary = {"best": best, "last": row, "epochs": cfg.schedule.epochs, "resolved": resolved}
+    if compile_s is not None:
+        summary["compile_time_s"] = compile_s
     if main:
         summary.update(finished if finished is not None else _finish(cfg, run_dir, task, s.bundle, device, prec.precision, pipe))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        timing.mark("fit_end")
+        timing.write(run_dir / "timing.json")
     return summary
 
 

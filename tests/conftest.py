@@ -159,6 +159,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _gpus() -> int:
+    """The GPUs torch sees (0 here on the CPU machines): the session head offers them (tests/test_cuda.py)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
 class RayHead:
     """A `ray start --head` cluster with token auth, in its own temp dir and ports. Its
     processes are found and stopped by PID: every one of them inherits this head's unique
@@ -183,7 +190,7 @@ class RayHead:
         self.env.update(MLFLOW_TRACKING_USERNAME=MLFLOW_USER, MLFLOW_TRACKING_PASSWORD=MLFLOW_PASSWORD)
         subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
                         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-                        "--ray-client-server-port", str(self.client_port), "--num-cpus", "4", "--num-gpus", "0",
+                        "--ray-client-server-port", str(self.client_port), "--num-cpus", "4", "--num-gpus", str(_gpus()),
                         # the node's other listeners too: another Ray on this machine holds the defaults
                         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
                         "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),

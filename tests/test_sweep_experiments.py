@@ -123,7 +123,7 @@ def test_next_sweep_reuses_the_teachers_and_a_diverging_arm_fails_the_job(experi
     console = out.stdout + out.stderr  # one line per event; Ray's and Tune's routine logging goes to driver.log
     for noise in ("Checkpoint successfully created", "snapshotting", "Running in local mode", "repeated", "TensorBoard"):
         assert noise not in console, noise
-    assert console.startswith("sweep diverge: starting 4 trials (2 arms x 1 seed x 2 per_class); storage "), console[:300]
+    assert console.startswith("sweep diverge: starting 4 trials (2 arms x 1 seed x 2 data.per_class); storage "), console[:300]
     assert "INFO mlflow" not in console  # MLflow's store set-up logging goes to driver.log too
     assert console.count("): started") == 4 and console.count(" epoch 1/1: val top-1 ") == 2
     assert console.count("): failed: ") == 2 and console.count("): finished") == 2

@@ -52,7 +52,7 @@ class AshaSpec:
 class ResourcesSpec:
     workers: int = 0  # Ray Train workers per trial; 0 = the loop runs in the trial's own process
     cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
+    gpus_per_worker: float = 0.0  # a fraction (0.25) packs 1-worker trials on a GPU; whole numbers above 1
 
 
 # the fields of a trial's config that its teacher learns from too: a teacher per data setting
@@ -201,6 +201,7 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         raise ConfigError(f"resources: workers >= 0, cpus_per_worker > 0, gpus_per_worker >= 0; got {r}")
     if r.workers == 0 and r.gpus_per_worker:
         raise ConfigError("resources.gpus_per_worker needs resources.workers >= 1 (workers: 0 runs on the CPU in-process)")
+    _check_gpu_share(r)
     if spec.num_samples < 1 or spec.max_concurrent < 1:
         raise ConfigError(f"num_samples and max_concurrent must be >= 1, got {spec.num_samples}, {spec.max_concurrent}")
     _check_arms_and_seeds(spec)
@@ -230,6 +231,20 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     if sweep.asha and not 1 <= sweep.grace_period <= sweep.max_t:
         raise ConfigError(f"asha.grace_period: {sweep.grace_period} must be in [1, max_t={sweep.max_t}]")
     return sweep
+
+
+def _check_gpu_share(r: ResourcesSpec) -> None:
+    """A worker takes whole GPUs or a fraction of one; a fraction only for a 1-worker trial, since Ray
+    may place two ranks of one trial on the same GPU and NCCL refuses that (Ray issue 48012). What
+    the cluster's nodes hold is checked once Ray is up (raylg.ray.sweep.check_resources)."""
+    g = r.gpus_per_worker
+    if g > 1 and g != int(g):
+        raise ConfigError(f"resources.gpus_per_worker: {g:g} is more than one GPU with a fractional part; a worker takes "
+                          f"a fraction of one GPU (0.25: four trials share it) or whole GPUs (1, 2, ...)")
+    if 0 < g < 1 and r.workers > 1:
+        raise ConfigError(f"resources.gpus_per_worker: {g:g} with resources.workers: {r.workers}: two ranks of one trial "
+                          f"could share a GPU, where NCCL fails (Ray issue 48012); a fraction of a GPU packs 1-worker "
+                          f"trials (workers: 1), DDP trials take whole GPUs (gpus_per_worker: 1)")
 
 
 def _check_arms_and_seeds(spec: SweepSpec) -> None:

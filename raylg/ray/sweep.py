@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,20 +87,37 @@ def check_identity(sweep: Sweep, paths: Paths) -> bool:
     return True
 
 
-def check_resources(sweep: Sweep) -> None:
+def nodes() -> list[dict[str, float]]:
+    """The resources of each alive node of the Ray cluster."""
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def _gpus(node_list: list[dict[str, float]]) -> str:
+    return ", ".join(f"{n.get('GPU', 0):g}" for n in node_list) or "no nodes"
+
+
+def check_resources(sweep: Sweep, node_list: list[dict[str, float]] | None = None) -> None:
+    """What one trial asks for must fit the cluster: its GPUs and CPUs in all, and each worker's
+    GPUs (whole or a fraction) on one node. Runs after Ray is up, before any teacher or trial."""
     r = sweep.spec.resources
-    have = ray.cluster_resources()
+    node_list = nodes() if node_list is None else node_list
+    have = {k: sum(n.get(k, 0) for n in node_list) for k in ("CPU", "GPU")}
     gpus_needed = r.workers * r.gpus_per_worker
-    if gpus_needed > have.get("GPU", 0):
-        raise SweepError(f"each trial asks for {r.workers} workers x {r.gpus_per_worker} GPUs = {gpus_needed:g} GPUs "
-                         f"but the Ray cluster has {have.get('GPU', 0):g} GPUs (and {have.get('CPU', 0):g} CPUs); "
-                         f"lower resources.workers / gpus_per_worker or add GPU nodes")
+    if gpus_needed > have["GPU"] + EPS:
+        raise SweepError(f"resources: each trial asks for {r.workers} workers x {r.gpus_per_worker:g} GPUs = "
+                         f"{gpus_needed:g} GPUs "
+                         f"but the Ray cluster has {have['GPU']:g} GPUs (and {have['CPU']:g} CPUs; GPUs per node: "
+                         f"{_gpus(node_list)}); lower resources.workers / resources.gpus_per_worker or add GPU nodes")
+    if r.gpus_per_worker and not any(n.get("GPU", 0) + EPS >= r.gpus_per_worker for n in node_list):
+        raise SweepError(f"resources.gpus_per_worker: {r.gpus_per_worker:g} GPUs per worker, but no node of the Ray cluster "
+                         f"has that many (GPUs per node: {_gpus(node_list)}); a worker's GPUs must be on one node")
     cpus_needed = r.workers * r.cpus_per_worker + trial_cpus(sweep)
-    if cpus_needed > have.get("CPU", 0):
-        raise SweepError(f"each trial asks for {cpus_needed:g} CPUs but the Ray cluster has {have.get('CPU', 0):g}")
+    if cpus_needed > have["CPU"] + EPS:
+        raise SweepError(f"each trial asks for {cpus_needed:g} CPUs but the Ray cluster has {have['CPU']:g}")
 
 
 DRIVER_CPU = 0.01  # a trial that only drives its Train run (its workers hold the real resources)
+EPS = 1e-6  # Ray keeps resource amounts to 1e-4
 
 
 def trial_cpus(sweep: Sweep) -> float:
@@ -108,18 +126,30 @@ def trial_cpus(sweep: Sweep) -> float:
     return r.cpus_per_worker if r.workers == 0 else DRIVER_CPU
 
 
-def concurrency(sweep: Sweep) -> int:
+def _fits(have: float, need: float) -> int:
+    return int(have / need + EPS) if need > 0 else 1 << 30
+
+
+def slots(sweep: Sweep, node_list: list[dict[str, float]]) -> int:
+    """How many trials the nodes run at once. A trial of 0 or 1 worker lives on one node (with its
+    Tune driver: 0.01 CPU beside a Train worker), so each node holds what its CPUs and its GPUs
+    allow, the lower of the two (a 0.25 GPU share: 4 trials per GPU); a DDP trial's workers
+    may spread, so they are counted against the whole cluster."""
+    r = sweep.spec.resources
+    cpus = r.workers * r.cpus_per_worker + trial_cpus(sweep)
+    if r.workers <= 1:
+        return sum(min(_fits(n.get("CPU", 0), cpus), _fits(n.get("GPU", 0), r.gpus_per_worker)) for n in node_list)
+    total = {k: sum(n.get(k, 0) for n in node_list) for k in ("CPU", "GPU")}
+    return min(_fits(total["CPU"], cpus), _fits(total["GPU"], r.workers * r.gpus_per_worker))
+
+
+def concurrency(sweep: Sweep, node_list: list[dict[str, float]] | None = None) -> int:
     """max_concurrent, lowered on a local Ray to what its CPUs/GPUs can run at once (a remote
     cluster may autoscale, so there the spec's number stands and trials queue for nodes)."""
     n = sweep.spec.max_concurrent
-    if os.environ.get("RAY_ADDRESS"):
+    if os.environ.get("RAY_ADDRESS") and node_list is None:
         return n
-    r, have = sweep.spec.resources, ray.cluster_resources()
-    per_trial = r.workers * r.cpus_per_worker + trial_cpus(sweep)
-    n = min(n, int(have.get("CPU", 0) // per_trial) or 1)
-    if r.gpus_per_worker:
-        n = min(n, int(have.get("GPU", 0) // (r.workers * r.gpus_per_worker)) or 1)
-    return n
+    return max(1, min(n, slots(sweep, nodes() if node_list is None else node_list)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -195,6 +225,7 @@ def _trial_fn(sweep: Sweep, paths: Paths, teachers: Teachers, tracking: dict[str
     r = sweep.spec.resources
 
     def trial(params: dict[str, Any]) -> None:
+        started = time.time()
         trial_id = tune.get_context().get_trial_id()
         cfg = sweep.trial_config(params)
         cfg = config_lib.apply_overrides(cfg, {"run.name": trial_id, "run.progress": False,
@@ -205,10 +236,19 @@ def _trial_fn(sweep: Sweep, paths: Paths, teachers: Teachers, tracking: dict[str
                        "tracking": None if tracking is None else {**tracking, "trial_id": trial_id, "tags": tags}}
         trainer = make_trainer(loop_config, name=trial_id, storage=f"{paths.storage}/{sweep.spec.name}/train",
                                workers=r.workers, cpus_per_worker=r.cpus_per_worker, gpus_per_worker=r.gpus_per_worker,
-                               failures=sweep.spec.failures, callbacks=[TuneReportCallback()])
+                               failures=sweep.spec.failures, callbacks=[TuneReportCallback()],
+                               marks={"trial_start": started})
         trainer.fit()
+        _mark_end(Path(loop_config["run_dir"]))
 
     return trial
+
+
+def _mark_end(run_dir: Path) -> None:
+    """The trial's end, after its Train run closed, added to the run's timing.json (raylg.timing)."""
+    path = run_dir / "timing.json"
+    if path.is_file():
+        path.write_text(json.dumps([*json.loads(path.read_text()), {"mark": "trial_end", "t": time.time()}], indent=1))
 
 
 def _git_commit() -> str:
@@ -232,7 +272,8 @@ def _tuner(sweep: Sweep, paths: Paths, trainable, resume: bool, log=print) -> tu
         trainable,
         param_space=param_space(sweep),
         tune_config=tune.TuneConfig(metric=sweep.spec.metric, mode=sweep.mode, scheduler=asha,
-                                    num_samples=sweep.spec.num_samples, max_concurrent_trials=concurrency(sweep)),
+                                    num_samples=sweep.spec.num_samples, max_concurrent_trials=concurrency(sweep),
+                                    reuse_actors=True),  # a trial's process (imports, built data) serves the next
         # in-process trials checkpoint through Tune: keep the best and (always) the latest
         run_config=tune.RunConfig(name=sweep.spec.name, storage_path=paths.storage, verbose=0, callbacks=[Console(sweep, log)],
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1,

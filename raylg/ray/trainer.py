@@ -10,6 +10,7 @@ reported checkpoint.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,9 +21,13 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from raylg import config as config_lib, storage
+import raylg
+from raylg import config as config_lib, storage, timing
 from raylg.fit import Hooks, fit
 from raylg.ray import teachers
+
+IMPORTED = time.time()  # raylg.timing: imports end here in a fresh worker process
+
 
 EPOCHS_DONE = "epochs_done"  # ASHA's time attribute: survives trial restarts, unlike an iteration counter
 
@@ -51,6 +56,8 @@ class Session:
 
 
 class RayHooks(Hooks):
+    cache_data = True  # a reused trial process builds each data setting once
+
     def __init__(self, session: Session):
         self.session = session
         self.rank, self.world_size = session.rank, session.world_size
@@ -75,12 +82,47 @@ def _threads(cpus: float) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
 
 
+def _gpu_share(cfg, share: float):
+    """A worker on a fraction of a GPU (trials packed on it) keeps to that fraction of its memory: the
+    caching allocator is capped there (a trial that needs more fails alone, out of memory, instead
+    of starving the trials beside it), and the device pipeline's default budget is its share."""
+    from raylg.data.device import DEFAULT_FRACTION
+
+    device = ray.train.torch.get_device()
+    torch.cuda.set_per_process_memory_fraction(share, device)
+    if cfg.data.device_budget_mib == 0:
+        total = torch.cuda.get_device_properties(device).total_memory
+        cfg = config_lib.apply_overrides(cfg, {"data.device_budget_mib": DEFAULT_FRACTION * share * total / 2**20})
+    return cfg
+
+
+_loops_in_process = 0
+
+
+def _process_marks() -> dict[str, float]:
+    """This process's start and its raylg imports, for the breakdown of a trial's start; none when
+    an earlier loop in this process (a reused actor) already paid them."""
+    import psutil
+
+    global _loops_in_process
+    _loops_in_process += 1
+    if _loops_in_process > 1:
+        return {}
+    return {"process_start": psutil.Process().create_time(), "import_start": raylg.IMPORT_STARTED, "imported": IMPORTED}
+
+
 def train_loop(config: dict[str, Any], hooks_cls: type[RayHooks] = RayHooks) -> None:
     """Per-worker entry. config: {"cfg": flat run config, "run_dir", "cpus", "report_to": "train" | "tune",
-    "tracking": {"uri", "experiment_id", "parent_id", "trial_id", "tags"} | None}."""
+    "tracking": {"uri", "experiment_id", "parent_id", "trial_id", "tags"} | None, "marks": {name: time} of the
+    trial's driver (raylg.timing)}."""
+    timing.reset(**_process_marks(), **config.get("marks", {}))
+    timing.mark("loop_start")
     _threads(config.get("cpus", 1))
     session = Session(config.get("report_to", "train"))
     cfg = config_lib.unflatten(config["cfg"])
+    share = config.get("gpus", 0.0)
+    if 0 < share < 1 and torch.cuda.is_available():
+        cfg = _gpu_share(cfg, share)
     if storage.is_s3(cfg.teacher.path):  # a published teacher: copied once into this node's cache
         cfg = config_lib.apply_overrides(cfg, {"teacher.path": teachers.fetch(storage.parent(cfg.teacher.path))})
     callbacks = []
@@ -102,7 +144,7 @@ def train_loop(config: dict[str, Any], hooks_cls: type[RayHooks] = RayHooks) -> 
 
 def make_trainer(loop_config: dict[str, Any], *, name: str, storage: str, workers: int, cpus_per_worker: float,
                  gpus_per_worker: float, failures: int, callbacks: list | None = None,
-                 loop: Callable[[dict], None] = train_loop) -> TorchTrainer:
+                 loop: Callable[[dict], None] = train_loop, marks: dict[str, float] | None = None) -> TorchTrainer:
     """A TorchTrainer for one trial. `name` is the trial id, so a restarted trial finds its own run."""
     use_gpu = gpus_per_worker > 0
     scaling = ScalingConfig(num_workers=workers, use_gpu=use_gpu,
@@ -112,6 +154,8 @@ def make_trainer(loop_config: dict[str, Any], *, name: str, storage: str, worker
                     checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val/top1",
                                                        checkpoint_score_order="max"))  # best + the latest (always kept)
     in_tune = loop_config.get("in_tune", False)
-    loop_config = {**loop_config, "cpus": cpus_per_worker, "report_to": "tune" if (in_tune and workers == 0) else "train"}
+    loop_config = {**loop_config, "cpus": cpus_per_worker, "gpus": gpus_per_worker,
+                   "report_to": "tune" if (in_tune and workers == 0) else "train",
+                   "marks": {**(marks or {}), "trainer_built": time.time()}}
     return TorchTrainer(loop, train_loop_config=loop_config, scaling_config=scaling,
                         run_config=run, torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"))
