@@ -33,8 +33,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import (ROOT, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, SESSION_TOKEN, TINY, free_port)
+from conftest import (
+    ROOT,
+    S3_ACCESS_KEY_ID,
+    S3_SECRET_ACCESS_KEY,
+    SESSION_TOKEN,
+    TINY,
+    free_port,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -197,7 +203,7 @@ class Cluster:
         while True:
             try:
                 alive = self.alive_nodes()
-            except Exception:  # the dashboard is still starting
+            except Exception:  # noqa: BLE001 (the dashboard is still starting)
                 alive = []
             if len(alive) == count:
                 break
@@ -215,8 +221,11 @@ class Cluster:
         return node
 
     def stop(self) -> None:
+        import shutil
+
         for node in reversed(self.nodes):
             node.stop()
+        shutil.rmtree(self.temp, ignore_errors=True)
 
     def driver_env(self, home: Path) -> dict:
         return {**self.env, "RAY_ADDRESS": self.address, "HOME": str(home), "PYTHONUNBUFFERED": "1",
@@ -231,7 +240,9 @@ def cluster(tmp_path_factory):
     c = Cluster(root, s3)
     try:
         s3.client().create_bucket(Bucket=BUCKET)
+        t0 = time.monotonic()
         c.start()
+        print(f"\nmultinode: 3 Ray nodes up in {time.monotonic() - t0:.0f} s")
         yield c
     finally:
         c.stop()
@@ -244,7 +255,9 @@ def shards(cluster):
     ResNet-20 with a card for those images, its stage maps precomputed in several shards."""
     import torch
 
-    from raylg import config as config_lib, data, teacher as teacher_lib
+    from raylg import config as config_lib
+    from raylg import data
+    from raylg import teacher as teacher_lib
     from raylg.features import precompute
     from raylg.models import create_teacher
 
@@ -311,6 +324,7 @@ def test_driver_killed_in_the_teacher_stage_reuses_published_teachers_and_never_
     import hashlib
 
     s3 = cluster.s3
+    t0 = time.monotonic()
     spec = write_spec(tmp_path, "teachers",
                       set={"schedule.epochs": 1, "schedule.warmup_epochs": 0, "run.max_train_batches": 1,
                            "optim.batch_size": 32, "data.eval_batch_size": 512},
@@ -334,8 +348,8 @@ def test_driver_killed_in_the_teacher_stage_reuses_published_teachers_and_never_
     first = log.read_text()
     training = dict(re.findall(r"teacher (\w+): training .*\(data\.per_class (\d+);", first))
     assert len(training) == 2, first
-    small = [k for k, pc in training.items() if int(pc) == SMALL][0]
-    large = [k for k, pc in training.items() if int(pc) == LARGE][0]
+    small = next(k for k, pc in training.items() if int(pc) == SMALL)
+    large = next(k for k, pc in training.items() if int(pc) == LARGE)
     assert set(cards) == {small}, (cards, training)  # killed while the large teacher trained
     # the killed driver's teacher task dies with it (Ray ends the tasks of a dead owner)
     deadline = time.monotonic() + 60
@@ -366,6 +380,7 @@ def test_driver_killed_in_the_teacher_stage_reuses_published_teachers_and_never_
     assert by_pc[SMALL].data.params["teacher.path"] == f"{STORE}/_teachers/{small}/teacher.safetensors"
     assert by_pc[LARGE].data.params["teacher.path"] == f"{STORE}/_teachers/{large}/teacher.safetensors"
     assert all(c.data.metrics["train/lg"] > 0 for c in children)  # trained with their teachers
+    print(f"\nmultinode: teacher stage killed and resumed, 2 trials: {time.monotonic() - t0:.0f} s")
 
 
 # --- a node removed under a running DDP trial ------------------------------------------------
@@ -426,10 +441,12 @@ def test_node_removed_under_a_ddp_trial(cluster, shards, mlflow_server, tmp_path
                 ctrl = {a.node_id for a in alive if a.class_name == "TrainController"}
                 workers = {a.node_id for a in alive if a.class_name == "RayTrainWorker"}
                 if len(ctrl) == 1 and len(workers) == 2:
+                    # a node with one of the trial's workers, neither the head nor the node of the
+                    # trial's Train controller (a trial does not survive losing its controller)
                     candidates = sorted(workers - ctrl - {head.node_id})
-                    assert candidates, f"no worker node to remove: controller on {ctrl}, workers on {workers}"
+                    assert candidates, f"no worker node to remove: the controller is on {ctrl}, the workers on {workers}"
                     victim = cluster.node(candidates[0])
-                    before = workers
+                    known = {a.actor_id for a in train_actors(cluster)}
                     break
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the second trial did not get going in time"
@@ -462,16 +479,16 @@ def test_node_removed_under_a_ddp_trial(cluster, shards, mlflow_server, tmp_path
     # ... on the remaining nodes, and its LG aligners came back with the rest of the checkpoint:
     # every epoch after the resume matches the uninterrupted twin (re-initialised aligners would not)
     actors = [a for a in train_actors(cluster) if a.class_name == "RayTrainWorker"]
-    victim_id = victim.node_id
-    resumed = [a for a in actors if a.state == "DEAD" and a.node_id != victim_id]
+    resumed = {a.node_id for a in actors if a.actor_id not in known}
+    assert len([a for a in actors if a.actor_id not in known]) == 2 and len(resumed) == 2, actors
+    assert victim.node_id not in resumed  # its new worker group: on the two nodes left
     assert {a.node_id for a in actors} == {n.node_id for n in cluster.nodes}, "the trials did not spread over the 3 nodes"
-    assert victim_id in before and len([a for a in actors if a.node_id == victim_id]) >= 1
     for key in ("train/loss", "train/ce", "train/lg", "val/loss", "val/top1"):
         a = {m.step: m.value for m in client.get_metric_history(runs[first].info.run_id, key)}
         b = {m.step: m.value for m in client.get_metric_history(runs[second].info.run_id, key)}
         assert sorted(a) == sorted(b) == list(range(EPOCHS)), (key, a, b)
-        for step in a:
-            assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6), (key, step, a, b)
+        for step, value in a.items():
+            assert b[step] == pytest.approx(value, rel=1e-5, abs=1e-6), (key, step, a, b)
     for r1, r2 in zip(rows[first], rows[second]):
         for key in ("train/lg", "train/lg_mse", "val/loss"):
             assert r2[key] == pytest.approx(r1[key], rel=1e-5, abs=1e-6), (key, r1["epoch"], r1[key], r2[key])
@@ -484,5 +501,6 @@ def test_node_removed_under_a_ddp_trial(cluster, shards, mlflow_server, tmp_path
     gets = s3.gets()
     for s in shards["shards"]:
         assert gets[f"features/digits/{s['name']}"] == len(cluster.nodes), (s["name"], gets)
-    print(f"\nmultinode: 2 DDP trials x {EPOCHS} epochs over 3 nodes, a node removed under the second: "
+    print(f"\nmultinode: the interrupted trial reported epochs_done {done}")
+    print(f"multinode: 2 DDP trials x {EPOCHS} epochs over 3 nodes, a node removed under the second: "
           f"{wall:.0f} s (resumed and finished {time.monotonic() - removed_at:.0f} s after the removal)")
