@@ -320,6 +320,19 @@ def mlflow_children(server, name: str):
 
 # --- the driver killed in the teacher stage -------------------------------------------------
 
+def teacher_tasks(cluster: Cluster) -> list[int]:
+    """PIDs of the nodes' processes running a teacher task (Ray titles them ray::raylg-teacher)."""
+    out = []
+    for node in cluster.nodes:
+        for pid in node.pids():
+            try:
+                if b"raylg-teacher" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    out.append(pid)
+            except OSError:
+                pass
+    return out
+
+
 SMALL, LARGE = 5, 120  # per_class of the two data settings: their teachers train 1 vs 17 batches an epoch
 
 
@@ -346,6 +359,7 @@ def test_driver_killed_in_the_teacher_stage_reuses_published_teachers_and_never_
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"no teacher was published (driver exit {proc.poll()}): {log.read_text()[-3000:]}")
             time.sleep(0.2)
+        training_at_kill = teacher_tasks(cluster)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         _kill_group(proc)
@@ -356,9 +370,9 @@ def test_driver_killed_in_the_teacher_stage_reuses_published_teachers_and_never_
     large = next(k for k, pc in training.items() if int(pc) == LARGE)
     assert set(cards) == {small}, (cards, training)  # killed while the large teacher trained
     # the killed driver's teacher task dies with it (Ray ends the tasks of a dead owner)
+    assert training_at_kill, "no teacher task was running when the driver was killed"
     deadline = time.monotonic() + 60
-    while any(b"raylg-teacher" in Path(f"/proc/{p}/cmdline").read_bytes() for n in cluster.nodes for p in n.pids()
-              if Path(f"/proc/{p}/cmdline").exists()):
+    while set(teacher_tasks(cluster)) & set(training_at_kill):
         assert time.monotonic() < deadline, "the teacher task outlived its driver"
         time.sleep(0.5)
     published = s3.keys(f"raylg/_teachers/{small}/")
@@ -398,11 +412,21 @@ def trial_rows(tmp: Path, name: str) -> dict[str, list[dict]]:
     return out
 
 
-def train_actors(cluster: Cluster, detail: bool = False) -> list:
+def train_actors(cluster: Cluster) -> list:
+    """Ray Train's worker and controller actors, alive and dead (the state API, retried: the
+    dashboard can be slow to answer on a busy machine)."""
     from ray.util.state import list_actors
+    from ray.util.state.exception import RayStateApiException
 
-    return [a for a in list_actors(address=cluster.dashboard, limit=10_000, detail=detail)
-            if a.class_name in ("RayTrainWorker", "TrainController")]
+    for attempt in range(3):
+        try:
+            actors = list_actors(address=cluster.dashboard, limit=10_000)
+            break
+        except RayStateApiException:
+            if attempt == 2:
+                raise
+            time.sleep(2)
+    return [a for a in actors if a.class_name in ("RayTrainWorker", "TrainController")]
 
 
 def tune_results(s3: LoggedS3, name: str) -> dict[str, list[dict]]:
@@ -442,17 +466,19 @@ def test_node_removed_under_a_ddp_trial(cluster, shards, mlflow_server, tmp_path
             seen += [t for t in sorted(rows) if t not in seen]
             # Tune has the second trial's first epoch: its checkpoint is registered with its Train run
             if len(seen) == 2 and f"trial {seen[1]} epoch 1/{EPOCHS}:" in log.read_text():
-                alive = [a for a in train_actors(cluster) if a.state == "ALIVE"]
+                listing = train_actors(cluster)
+                alive = [a for a in listing if a.state == "ALIVE"]
                 ctrl = {a.node_id for a in alive if a.class_name == "TrainController"}
                 workers = {a.node_id for a in alive if a.class_name == "RayTrainWorker"}
-                if len(ctrl) == 1 and len(workers) == 2:
+                seen_workers = {a.actor_id for a in listing if a.class_name == "RayTrainWorker"}
+                if len(ctrl) == 1 and len(workers) == 2 and len(seen_workers) == 4:  # the whole listing: 2 trials' workers
                     # a node (not the head) with one of the trial's workers; when the trial's own
                     # actor and Train controller run there too, the trial is restarted by Tune and
                     # its Train run resumes, else Train restarts the worker group (Ray places them)
                     candidates = sorted(workers - {head.node_id}, key=lambda n: (n not in ctrl, n))
                     victim = cluster.node(candidates[0])
                     with_controller = victim.node_id in ctrl
-                    known = {a.actor_id for a in train_actors(cluster)}
+                    known = seen_workers
                     break
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the second trial did not get going in time"
@@ -484,7 +510,12 @@ def test_node_removed_under_a_ddp_trial(cluster, shards, mlflow_server, tmp_path
 
     # ... on the remaining nodes, and its LG aligners came back with the rest of the checkpoint:
     # every epoch after the resume matches the uninterrupted twin (re-initialised aligners would not)
-    actors = [a for a in train_actors(cluster) if a.class_name == "RayTrainWorker"]
+    deadline = time.monotonic() + 60
+    while True:  # a listing that holds every worker seen before (a busy dashboard can answer in part)
+        actors = [a for a in train_actors(cluster) if a.class_name == "RayTrainWorker"]
+        if known <= {a.actor_id for a in actors} or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     resumed = {a.node_id for a in actors if a.actor_id not in known}
     assert len([a for a in actors if a.actor_id not in known]) == 2 and len(resumed) == 2, actors
     assert victim.node_id not in resumed  # its new worker group: on the two nodes left
