@@ -278,7 +278,11 @@ def _tuner(sweep: Sweep, paths: Paths, trainable, resume: bool, log=print) -> tu
         run_config=tune.RunConfig(name=sweep.spec.name, storage_path=paths.storage, verbose=0, callbacks=[Console(sweep, log)],
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1,
                                                                           checkpoint_score_attribute=sweep.spec.metric,
-                                                                          checkpoint_score_order=sweep.mode)),
+                                                                          checkpoint_score_order=sweep.mode),
+                                  # a trial whose own actor (it drives the Train run: workers >= 1) dies with its
+                                  # node is started once more, and its Train run resumes from its latest checkpoint
+                                  # (once: the Train run itself already retries a failing worker group `failures` times)
+                                  failure_config=tune.FailureConfig(max_failures=1 if sweep.spec.resources.workers else 0)),
     )
 
 
