@@ -86,7 +86,8 @@ class SweepSpec:
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     storage: str = "runs/sweeps"  # local directory or s3://bucket/prefix
     mlflow_uri: str = ""  # "" = sqlite file in the sweep's directory
-    failures: int = 2  # worker failures a trial survives (it resumes from its latest checkpoint)
+    failures: int = 2  # worker-group failures a Train-run trial survives, resuming from its latest checkpoint (plus one restart
+    # of the trial itself when the node holding its Tune actor and Train controller dies)
 
 
 ARM, SEED = "arm", "seed"  # Tune param keys beside the space's dotted fields (no dot: never a config field)
