@@ -182,9 +182,18 @@ class Cluster:
         starting can miss `ray start`'s 30 s registration window on a busy machine)."""
         self._add("head", ["--head", "--port", str(self.port), "--dashboard-host", "127.0.0.1", "--dashboard-port",
                            str(self.dashboard_port), "--ray-client-server-port", str(free_port()), "--temp-dir", str(self.temp)])
-        for name in ("worker-a", "worker-b"):
-            self._add(name, ["--address", self.address])
-        self.wait_nodes(3)
+        self.wait_nodes(1)
+        for count, name in enumerate(("worker-a", "worker-b"), start=2):
+            for attempt in range(2):  # a node that started but never registered is started once more
+                node = self._add(name, ["--address", self.address])
+                try:
+                    self.wait_nodes(count, timeout=90)
+                    break
+                except RuntimeError:
+                    if attempt:
+                        raise
+                    node.stop()
+                    self.nodes.remove(node)
 
     def _add(self, name: str, args: list[str], tries: int = 2) -> Node:
         for attempt in range(tries):
@@ -217,7 +226,8 @@ class Cluster:
                 if node.proc.poll() is not None:
                     raise RuntimeError(f"node {node.name} exited: {node.log.read_text()[-2000:]}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(alive)} of {count} Ray nodes came up: {[n.node_name for n in alive]}")
+                logs = "; ".join(f"{n.name}: {n.log.read_text()[-600:]}" for n in self.nodes)
+                raise RuntimeError(f"{len(alive)} of {count} Ray nodes came up: {[n.node_name for n in alive]} ({logs})")
             time.sleep(1)
         for node in self.nodes:  # which Ray node is which: by its own custom resource
             (node.node_id,) = [n.node_id for n in alive if node.resource in (n.resources_total or {})]
@@ -465,7 +475,7 @@ def test_node_removed_under_a_ddp_trial(cluster, shards, mlflow_server, tmp_path
             rows = trial_rows(tmp_path, "spread")
             seen += [t for t in sorted(rows) if t not in seen]
             # Tune has the second trial's first epoch: its checkpoint is registered with its Train run
-            if len(seen) == 2 and f"trial {seen[1]} epoch 1/{EPOCHS}:" in log.read_text():
+            if len(seen) == 2 and re.search(rf"trial {seen[1]} (\(.*?\) )?epoch 1/{EPOCHS}:", log.read_text()):
                 listing = train_actors(cluster)
                 alive = [a for a in listing if a.state == "ALIVE"]
                 ctrl = {a.node_id for a in alive if a.class_name == "TrainController"}
