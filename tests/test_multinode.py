@@ -20,6 +20,7 @@ in a subprocess (the driver), so it can be killed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -64,6 +65,21 @@ def _wait_port(port: int, proc: subprocess.Popen, what: str, log: Path, timeout:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{what} did not start on port {port}: {log.read_text()[-2000:]}")
             time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def state_api(dashboard: str):
+    """Ray's state API asks RAY_API_SERVER_ADDRESS, then RAY_ADDRESS, before its `address`
+    argument: point the first at this cluster (other tests set RAY_ADDRESS to the session head)."""
+    saved = os.environ.get("RAY_API_SERVER_ADDRESS")
+    os.environ["RAY_API_SERVER_ADDRESS"] = dashboard
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+        else:
+            os.environ["RAY_API_SERVER_ADDRESS"] = saved
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -211,7 +227,8 @@ class Cluster:
     def alive_nodes(self) -> list:
         from ray.util.state import list_nodes
 
-        return [n for n in list_nodes(address=self.dashboard, limit=100) if n.state == "ALIVE"]
+        with state_api(self.dashboard):
+            return [n for n in list_nodes(address=self.dashboard, limit=100) if n.state == "ALIVE"]
 
     def wait_nodes(self, count: int, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
@@ -430,7 +447,8 @@ def train_actors(cluster: Cluster) -> list:
 
     for attempt in range(3):
         try:
-            actors = list_actors(address=cluster.dashboard, limit=10_000)
+            with state_api(cluster.dashboard):
+                actors = list_actors(address=cluster.dashboard, limit=10_000)
             break
         except RayStateApiException:
             if attempt == 2:
