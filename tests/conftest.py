@@ -94,25 +94,13 @@ def digits_teacher(tmp_path_factory) -> Path:
 def s3_server():
     """A real S3-compatible server (moto's server mode) on 127.0.0.1 for the session; yields its
     endpoint URL and is stopped by its PID. Tests point AWS_ENDPOINT_URL at it (see s3_env)."""
-    import socket
     import subprocess
-    import time
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not start on port {port} (exit code {proc.poll()})")
-                time.sleep(0.1)
+        wait_port(port, proc, "moto server", timeout=30)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -149,6 +137,24 @@ import secrets as _secrets  # noqa: E402
 SESSION_TOKEN = _secrets.token_hex(16)
 _os.environ["RAY_AUTH_MODE"] = "token"
 _os.environ["RAY_AUTH_TOKEN"] = SESSION_TOKEN
+
+
+def wait_port(port: int, proc, what: str, log: Path | None = None, timeout: float = 60) -> None:
+    """Until something listens on 127.0.0.1:port; RuntimeError (with the end of `log`) when `proc`
+    exits first or `timeout` passes."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = f": {log.read_text()[-2000:]}" if log is not None else f" (exit code {proc.poll()})"
+                raise RuntimeError(f"{what} did not start on port {port}{tail}") from None
+            time.sleep(0.1)
 
 
 def free_port() -> int:

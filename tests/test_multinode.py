@@ -25,7 +25,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from conftest import (
     SESSION_TOKEN,
     TINY,
     free_port,
+    wait_port,
 )
 
 pytestmark = pytest.mark.slow
@@ -53,18 +53,6 @@ SHARDS = f"s3://{BUCKET}/features/digits"
 PER_CLASS = 16  # 144 training images: 2 batches of 32 per worker
 NODE_CPUS = 1
 WORKER_CPUS = 0.9  # one worker per node: a 2-worker trial spans two nodes, whatever its trial actor holds
-
-
-def _wait_port(port: int, proc: subprocess.Popen, what: str, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start on port {port}: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
 
 
 @contextlib.contextmanager
@@ -101,7 +89,7 @@ class LoggedS3:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        _wait_port(self.port, self.proc, "moto server", self.log)
+        wait_port(self.port, self.proc, "moto server", self.log)
         self.env = {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY_ID,
                     "AWS_SECRET_ACCESS_KEY": S3_SECRET_ACCESS_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
 
