@@ -157,6 +157,22 @@ def wait_port(port: int, proc, what: str, log: Path | None = None, timeout: floa
             time.sleep(0.1)
 
 
+def pids_with_env(entry: str) -> list[int]:
+    """The processes (but this one) whose environment holds `entry` (KEY=VALUE): what a Ray node
+    started by a test spawned, found by a value only that node's environment carries."""
+    import os
+
+    want, out = entry.encode(), []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and int(d) != os.getpid():
+            try:
+                if want in Path(f"/proc/{d}/environ").read_bytes().split(b"\0"):
+                    out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
 def free_port() -> int:
     import socket
 
@@ -204,18 +220,7 @@ class RayHead:
                        env=self.env, check=True, capture_output=True, timeout=180)
 
     def pids(self) -> list[int]:
-        import os
-
-        mine = f"RAY_AUTH_TOKEN={self.token}".encode()
-        out = []
-        for d in os.listdir("/proc"):
-            if d.isdigit() and int(d) != os.getpid():
-                try:
-                    if mine in Path(f"/proc/{d}/environ").read_bytes().split(b"\0"):
-                        out.append(int(d))
-                except OSError:
-                    pass
-        return out
+        return pids_with_env(f"RAY_AUTH_TOKEN={self.token}")
 
     def stop(self) -> None:
         import os

@@ -42,6 +42,7 @@ from conftest import (
     SESSION_TOKEN,
     TINY,
     free_port,
+    pids_with_env,
     wait_port,
 )
 
@@ -142,16 +143,7 @@ class Node:
         self.node_id = ""
 
     def pids(self) -> list[int]:
-        mine = f"RAYLG_TEST_NODE={self.marker}".encode()
-        out = []
-        for d in os.listdir("/proc"):
-            if d.isdigit():
-                try:
-                    if mine in Path(f"/proc/{d}/environ").read_bytes().split(b"\0"):
-                        out.append(int(d))
-                except OSError:
-                    pass
-        return out
+        return pids_with_env(f"RAYLG_TEST_NODE={self.marker}")
 
     def stop(self) -> None:
         """SIGKILL: the node is gone at once, as when a machine dies."""
