@@ -30,8 +30,18 @@ def marks() -> list[tuple[str, float]]:
     return list(_marks)
 
 
-def write(path: str | Path) -> None:
-    Path(path).write_text(json.dumps([{"mark": n, "t": t} for n, t in _marks], indent=1))
+def write(path: str | Path, marks_: list[tuple[str, float]] | None = None) -> None:
+    """The marks (this process's by default) as timing.json, written whole or not at all."""
+    from raylg.files import write_text_atomic
+
+    rows = _marks if marks_ is None else marks_
+    write_text_atomic(path, json.dumps([{"mark": n, "t": t} for n, t in rows], indent=1))
+
+
+def append(path: str | Path, name: str) -> None:
+    """Add a mark taken in another process (e.g. the trial's end, after its Train run) to a
+    written timing.json."""
+    write(path, [*read(path), (name, time.time())])
 
 
 def read(path: str | Path) -> list[tuple[str, float]]:

@@ -21,7 +21,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from raylg import config as config_lib, storage
+from raylg import config as config_lib, storage, timing
 from raylg.ray import teachers as teachers_lib
 from raylg.ray.console import Console, plan, route_library_logs
 from raylg.ray.spec import ARM, SEED, Sweep, relative
@@ -248,7 +248,7 @@ def _mark_end(run_dir: Path) -> None:
     """The trial's end, after its Train run closed, added to the run's timing.json (raylg.timing)."""
     path = run_dir / "timing.json"
     if path.is_file():
-        path.write_text(json.dumps([*json.loads(path.read_text()), {"mark": "trial_end", "t": time.time()}], indent=1))
+        timing.append(path, "trial_end")
 
 
 def _git_commit() -> str:
