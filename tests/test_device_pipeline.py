@@ -248,6 +248,54 @@ def test_crop_and_flip_in_the_batch_replay_the_image_geometry():
     assert float(shifted.median()) > 2 * float(err.median())
 
 
+def test_crop_tables_chunks_and_the_enlarged_path_keep_the_batches():
+    """The crop matrices looked up per integer box (flipped rows included) equal the computed ones;
+    a chunk of several batches gives the batches one at a time would; at 224 px from 32 px sources
+    RandAugment runs at 32 px and one resize enlarges the batch: within uint8's range, erased boxes
+    zero, and a few grey levels from the batch whose ops ran at 224 px."""
+    n = 64
+    cfg = data_cfg()
+    t = train_transform(cfg, MEAN, STD, 3)
+    ds = ImageDataset(synthetic(n=n), np.arange(n), t, "train")
+    prog = D.compile_transform(t, 3)
+    mk = lambda **kw: D.DeviceTrainData(ds, prog, torch.device("cpu"), batch_size=8, seed=4, **kw)  # noqa: E731
+    a = mk()
+    assert a.work == (32, 32) and a.chunk_batches > 1
+    d = a.draw(0)
+    box, flip = torch.from_numpy(d["box"]).float(), torch.from_numpy(d["flip"])
+    wy, wx = a._geometry_matrices(box, flip)
+    ry = D.resample_matrix(box[:, 0], box[:, 2], 32, 32, "bicubic")
+    rx = D.resample_matrix(box[:, 1], box[:, 3], 32, 32, "bicubic")
+    assert torch.equal(wy, ry) and torch.equal(wx, torch.where(flip.view(-1, 1, 1), rx.flip(1), rx))
+    for x, y in zip(mk(), mk(chunk_batches=1)):
+        assert torch.allclose(x["image"], y["image"], atol=1e-5) and torch.equal(x["index"], y["index"])
+    # the enlarged path: digits at 32 px (real strokes, not noise) trained at 224 px
+    from sklearn.datasets import load_digits
+
+    dg = load_digits()
+    im = torch.from_numpy(dg.images[:n].astype(np.float32) * 16)[:, None]
+    im = torch.nn.functional.interpolate(im, size=32, mode="bilinear").round().clamp(0, 255).to(torch.uint8)
+    split = ArraySplit(np.repeat(im.numpy().transpose(0, 2, 3, 1), 3, -1), dg.target[:n])
+    t224 = train_transform(data_cfg(**{"data.img_size": 224}), MEAN, STD, 3)
+    ds224 = ImageDataset(split, np.arange(n), t224, "train")
+    p224 = D.compile_transform(t224, 3)
+    small = D.DeviceTrainData(ds224, p224, torch.device("cpu"), batch_size=32, seed=1)
+    full = D.DeviceTrainData(ds224, p224, torch.device("cpu"), batch_size=32, seed=1, work_size=(224, 224))
+    assert small.work == (32, 32) and full.work == (224, 224)
+    xs = torch.cat([b["image"] for b in small])
+    xf = torch.cat([b["image"] for b in full])
+    assert xs.shape == (n, 3, 224, 224)
+    lo = ((0 - torch.tensor(MEAN)) / torch.tensor(STD)).view(1, 3, 1, 1)
+    hi = ((1 - torch.tensor(MEAN)) / torch.tensor(STD)).view(1, 3, 1, 1)
+    assert bool((xs >= lo - 1e-5).all()) and bool((xs <= hi + 1e-5).all())
+    e = small.draw(0)["erase"]
+    i = int(np.flatnonzero(e[:, 2])[0])
+    top, left, h, w = (int(v) for v in e[i])
+    assert bool((xs[i, :, top:top + h, left:left + w] == 0).all())
+    grey = (xs - xf).abs() * torch.tensor(STD).view(1, 3, 1, 1) * 255
+    assert float(grey.mean()) < 3 and float(grey.mean(dim=(1, 2, 3)).median()) < 2, float(grey.mean())
+
+
 # --- choosing, refusing -------------------------------------------------------------------------------
 
 

@@ -17,8 +17,18 @@ the two paths cannot drift apart in what they configure.
                                  affine warp (PIL's matrices, fill = the mean colour)
     ColorJitter                  (timm's default when RandAugment is off) per-sample factors
                                  and per-sample order
-    ToTensor, Normalize          the same float ops as torchvision's
-    random erasing               timm's rule (area, aspect, 10 attempts), 'const' mode
+    ToTensor, Normalize          one fused op (x * 1 / (255 std) - mean / std)
+    resize to the output         only when the output enlarges the source at least twofold and
+                                 RandAugment or jitter is on: the ops above run at the larger of
+                                 the source's size and 32 px, then one bicubic matmul per axis
+                                 enlarges the normalised batch (clipped to uint8's range)
+    random erasing               timm's rule (area, aspect, 10 attempts), 'const' mode, at the
+                                 output size; the boxes are known on the host, so only they are
+                                 written
+
+Ops run on chunks of whole batches (CHUNK_ELEMENTS output values), so a batch of small images
+is not a few hundred dispatches of tiny ops; the crop matrices of every integer box (flipped
+and not) are computed once per run and looked up (TABLE_ELEMENTS bounds their size).
 
 Written by hand (torch): the resampling matrices, the per-sample affine warp (torch's
 affine grid + grid_sample), the per-sample blends (colour, contrast, brightness, sharpness,

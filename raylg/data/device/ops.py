@@ -96,18 +96,15 @@ def _autocontrast(x: torch.Tensor) -> torch.Tensor:
 
 def warp(x: torch.Tensor, affine: torch.Tensor, fill: torch.Tensor, interpolation: str) -> torch.Tensor:
     """PIL Image.transform(AFFINE) per sample: affine (B, 6) maps output pixel centres to input
-    coordinates; outside the input: fill."""
+    coordinates; outside the input: fill. The matrices become affine_grid's normalised thetas."""
     B, C, H, W = x.shape
-    dev = x.device
-    ys = torch.arange(H, device=dev, dtype=torch.float32) + 0.5
-    xs = torch.arange(W, device=dev, dtype=torch.float32) + 0.5
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    a = affine.to(torch.float32).view(B, 6, 1, 1)
-    xin = a[:, 0] * gx + a[:, 1] * gy + a[:, 2]
-    yin = a[:, 3] * gx + a[:, 4] * gy + a[:, 5]
-    grid = torch.stack((2 * xin / W - 1, 2 * yin / H - 1), -1)
+    a, b, c, d, e, f = affine.to(torch.float32).unbind(1)
+    bx, dy = b * (H / W), d * (W / H)
+    theta = torch.stack((a, bx, a + bx + c * (2.0 / W) - 1, dy, e, dy + e + f * (2.0 / H) - 1), 1).view(B, 2, 3)
+    grid = F.affine_grid(theta, [B, C, H, W], align_corners=False)
     out = F.grid_sample(x, grid, mode=interpolation, padding_mode="border", align_corners=False)
-    inside = ((xin >= 0) & (xin < W) & (yin >= 0) & (yin < H)).unsqueeze(1)
+    g = grid.abs()
+    inside = torch.maximum(g[..., 0], g[..., 1]).lt(1).unsqueeze(1)
     return _round8(torch.where(inside, out, fill.view(1, C, 1, 1)))
 
 

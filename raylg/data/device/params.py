@@ -85,8 +85,10 @@ def _pil_affine(kind: np.ndarray, v: np.ndarray, H: int, W: int) -> np.ndarray:
     return A
 
 
-def draw_randaug(rng: np.random.Generator, spec: RandAugmentSpec, n: int, H: int, W: int):
-    """Per layer: (names chosen (n,), kinds (n,), arg (n,), affine (n, 6)), timm's rule per image."""
+def draw_randaug(rng: np.random.Generator, spec: RandAugmentSpec, n: int, H: int, W: int, px_scale: float = 1.0):
+    """Per layer: (names chosen (n,), kinds (n,), arg (n,), affine (n, 6)), timm's rule per image, for
+    images of H x W; px_scale scales the absolute translations (TranslateX/Y, given at the output
+    size) when the ops run at another size."""
     K = len(spec.names)
     if spec.weights is None:
         choice = rng.integers(0, K, (n, spec.num_layers))
@@ -121,7 +123,7 @@ def draw_randaug(rng: np.random.Generator, spec: RandAugmentSpec, n: int, H: int
         rules = {
             "Rotate": lv * 30.0 * sign,
             "ShearX": lv * 0.3 * sign, "ShearY": lv * 0.3 * sign,
-            "TranslateX": lv * spec.translate_const * sign, "TranslateY": lv * spec.translate_const * sign,
+            "TranslateX": lv * spec.translate_const * px_scale * sign, "TranslateY": lv * spec.translate_const * px_scale * sign,
             "TranslateXRel": lv * spec.translate_pct * sign * W, "TranslateYRel": lv * spec.translate_pct * sign * H,
             "Posterize": np.floor(lv * 4), "PosterizeIncreasing": 4 - np.floor(lv * 4),
             "PosterizeOriginal": np.floor(lv * 4) + 4,

@@ -17,6 +17,11 @@ from .params import _rng, draw_erase, draw_jitter, draw_randaug, draw_rrc
 from .program import KINDS, Program, compile_transform
 
 DEFAULT_FRACTION = 0.25  # of the free device memory (CPU: MemAvailable) when data.device_budget_mib is 0
+# Ops run on chunks of whole batches of about this many output values (CPU, CUDA): a batch of
+# 128 images at 32 px is a few hundred small ops whose dispatch costs more than their arithmetic.
+CHUNK_ELEMENTS = (1 << 20, 1 << 25)
+WORK_MIN = 32  # px: the smallest size the ops run at when the output is enlarged (see DeviceTrainData._work_size)
+TABLE_ELEMENTS = 1 << 23  # crop matrices for every integer box, when they fit this many floats per axis
 
 
 # ---------------------------------------------------------------------------------------
@@ -166,7 +171,8 @@ class DeviceTrainData:
     {"image", "label", "index" (host), "crop", "flip"} like the loader's."""
 
     def __init__(self, dataset, program: Program, device: torch.device, *, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1, drop_last: bool | None = None, images: np.ndarray | None = None):
+                 world_size: int = 1, drop_last: bool | None = None, images: np.ndarray | None = None,
+                 chunk_batches: int | None = None, work_size: tuple[int, int] | None = None):
         self.dataset, self.program = dataset, program
         self.device = torch.device(device)
         self.batch_size, self.seed, self.rank, self.world_size = int(batch_size), int(seed), int(rank), int(world_size)
@@ -182,6 +188,37 @@ class DeviceTrainData:
         self.fill = torch.tensor(fill, dtype=torch.float32, device=self.device)
         self.epoch = 0
         self.per_rank = math.ceil(self.n / self.world_size)
+        if chunk_batches is None:  # whole batches per chunk of ops: ~CHUNK_ELEMENTS output values
+            per_batch = self.batch_size * self.C * program.size[0] * program.size[1]
+            chunk_batches = max(1, CHUNK_ELEMENTS[self.device.type == "cuda"] // per_batch)
+        self.chunk_batches = int(chunk_batches)
+        self.work = tuple(work_size) if work_size is not None else self._work_size()
+        self._tables: dict = {}
+        self._up = None
+        if self.work != program.size:  # the final resize: bicubic/bilinear matrices, normalised values, no rounding
+            zeros = torch.zeros(1, device=self.device)
+            (wh, ww), (oh, ow) = self.work, program.size
+            self._up = (resample_matrix(zeros, zeros + wh, wh, oh, program.interpolation)[0],
+                        resample_matrix(zeros, zeros + ww, ww, ow, program.interpolation)[0].T.contiguous())
+        self._bounds = ([(0.0 - m) / s for m, s in zip(program.mean, program.std)],
+                        [(1.0 - m) / s for m, s in zip(program.mean, program.std)])
+        self._scale = (1.0 / (255.0 * self.std)).view(1, -1, 1, 1)
+        self._shift = (-self.mean / self.std).view(1, -1, 1, 1)
+
+    def _work_size(self) -> tuple[int, int]:
+        """Where the ops between the crop and the normalisation run. When the output is an enlargement
+        (e.g. 28 or 32 px images trained at 224), RandAugment / colour jitter run at the larger of the
+        source's size and WORK_MIN px and one resize brings the batch to the output size: the ops then
+        cost what they cost at the source's size, not 50x more."""
+        p = self.program
+        out = p.size
+        if p.geometry != "rrc" or (p.randaug is None and not p.jitter):
+            return out
+        side = max(self.H, self.W, WORK_MIN)
+        if side * 2 > min(out):
+            return out
+        return (side, side) if out[0] == out[1] else (max(side, round(side * out[0] / out[1])),
+                                                      max(side, round(side * out[1] / out[0])))
 
     @property
     def nbytes(self) -> int:
@@ -215,6 +252,7 @@ class DeviceTrainData:
         m = len(pos)
         rng = _rng(self.seed, epoch, self.rank)
         oh, ow = p.size
+        wh, ww = self.work
         out: dict[str, Any] = {"pos": pos}
         if p.geometry == "rrc":
             box = draw_rrc(rng, m, self.H, self.W, p.scale, p.ratio)
@@ -224,7 +262,7 @@ class DeviceTrainData:
         out["flip"] = rng.random(m) < p.hflip if p.hflip > 0 else np.zeros(m, bool)
         stages = []
         if p.randaug is not None:
-            for name, kind, arg, affine, apply in draw_randaug(rng, p.randaug, m, oh, ow):
+            for name, kind, arg, affine, apply in draw_randaug(rng, p.randaug, m, wh, ww, px_scale=ww / ow):
                 stages.append({"kind": kind, "arg": arg, "affine": affine, "name": name, "apply": apply})
         if p.jitter:
             for kind, arg in draw_jitter(rng, p.jitter, m):
@@ -265,34 +303,66 @@ class DeviceTrainData:
         m = min(nb * self.batch_size, self.per_rank)
         d = self.draw(epoch, m)
         dev, bs = self.device, self.batch_size
+        cb = self.chunk_batches
+        chunk = cb * bs
+        nc = math.ceil(m / chunk) if m else 0
         K = len(KINDS)
-        batch_of = np.arange(m) // bs
+        chunk_of = np.arange(m) // chunk
         groups = []
         for st in d["stages"]:
-            key = batch_of * K + st["kind"]
+            key = chunk_of * K + st["kind"]
             order = np.argsort(key, kind="stable")
-            counts = np.bincount(key, minlength=nb * K).reshape(nb, K)
-            offsets = np.concatenate([[0], np.cumsum(counts.ravel())])[:-1].reshape(nb, K)
-            rel = order - batch_of[order] * bs
+            counts = np.bincount(key, minlength=nc * K).reshape(nc, K)
+            offsets = np.concatenate([[0], np.cumsum(counts.ravel())])[:-1].reshape(nc, K)
+            rel = order - chunk_of[order] * chunk
             groups.append((counts, offsets, rel))
         # one host->device copy per epoch
         f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
         i64 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))  # noqa: E731
         t = {"pos": _pin(i64(d["pos"]), dev), "box": _pin(f32(d["box"]), dev), "flip": _pin(torch.from_numpy(d["flip"]), dev),
-             "crop": _pin(f32(self.geometry_fractions(d["box"])), dev), "erase": _pin(f32(d["erase"]), dev),
+             "crop": _pin(f32(self.geometry_fractions(d["box"])), dev),
              "arg": [_pin(f32(st["arg"]), dev) for st in d["stages"]],
              "affine": [None if st["affine"] is None else _pin(f32(st["affine"]), dev) for st in d["stages"]],
              "rel": [_pin(i64(g[2]), dev) for g in groups]}
         index_host = torch.from_numpy(self.source_index[d["pos"]])
-        for b in range(nb):
-            lo, hi = b * bs, min((b + 1) * bs, m)
-            sl = slice(lo, hi)
-            yield self._batch(b, sl, t, groups, index_host[sl])
+        for c in range(nc):
+            c0 = c * chunk
+            sl = slice(c0, min(c0 + chunk, m))
+            x = self._augment(c, sl, t, groups, d["erase"][sl] if self.program.erase_prob > 0 else None)
+            for lo in range(c0, min(c0 + chunk, m), bs):
+                sl = slice(lo, min(lo + bs, m))
+                pos = t["pos"][sl]
+                yield {"image": x[lo - c0:sl.stop - c0], "label": self.labels.index_select(0, pos), "index": index_host[sl],
+                       "crop": t["crop"][sl], "flip": t["flip"][sl]}
+
+    def _table(self, in_size: int, out_size: int, flips: bool) -> torch.Tensor | None:
+        """Crop matrices for every integer window (start, length) of a line of in_size pixels, then the
+        same flipped when flips: row start * (in_size + 1) + length (+ in_size * (in_size + 1) flipped).
+        None when they would pass TABLE_ELEMENTS."""
+        key = (in_size, out_size, flips)
+        if key not in self._tables:
+            n = in_size * (in_size + 1)
+            if n * (2 if flips else 1) * out_size * in_size > TABLE_ELEMENTS:
+                self._tables[key] = None
+            else:
+                start, length = np.divmod(np.arange(n), in_size + 1)
+                ok = (length >= 1) & (start + length <= in_size)
+                start, length = np.where(ok, start, 0), np.where(ok, length, in_size)
+                f32 = lambda a: torch.from_numpy(a.astype(np.float32)).to(self.device)  # noqa: E731
+                w = resample_matrix(f32(start), f32(length), in_size, out_size, self.program.interpolation)
+                self._tables[key] = torch.cat([w, w.flip(1)]) if flips else w
+        return self._tables[key]
 
     def _geometry_matrices(self, box: torch.Tensor, flip: torch.Tensor):
         p = self.program
-        oh, ow = p.size
+        oh, ow = self.work
         if p.geometry == "rrc":
+            ty, tx = self._table(self.H, oh, False), self._table(self.W, ow, True)
+            if ty is not None and tx is not None:
+                b = box.to(torch.int64)
+                ky = b[:, 0] * (self.H + 1) + b[:, 2]
+                kx = b[:, 1] * (self.W + 1) + b[:, 3] + flip.to(torch.int64) * (self.W * (self.W + 1))
+                return ty.index_select(0, ky), tx.index_select(0, kx)
             wy = resample_matrix(box[:, 0], box[:, 2], self.H, oh, p.interpolation)
             wx = resample_matrix(box[:, 1], box[:, 3], self.W, ow, p.interpolation)
         else:  # resize the whole image, keep the centre rows/columns (= Resize then CenterCrop)
@@ -308,37 +378,38 @@ class DeviceTrainData:
         wx = torch.where(flip.view(-1, 1, 1), wx.flip(1), wx)
         return wy, wx
 
-    def _batch(self, b: int, sl: slice, t: dict, groups, index_host: torch.Tensor) -> dict:
+    def _augment(self, c: int, sl: slice, t: dict, groups, erase: np.ndarray | None) -> torch.Tensor:
+        """The images of one chunk (whole batches, in epoch order), augmented and normalised."""
         p = self.program
         pos = t["pos"][sl]
-        flip = t["flip"][sl]
         x = self.images.index_select(0, pos).to(torch.float32)
-        wy, wx = self._geometry_matrices(t["box"][sl], flip)
+        wy, wx = self._geometry_matrices(t["box"][sl], t["flip"][sl])
         x = resample(x, wy, wx)
         interp = p.randaug.interpolation if p.randaug is not None else "bicubic"
         for s, (counts, offsets, _) in enumerate(groups):
             arg = t["arg"][s][sl]
             affine = t["affine"][s][sl] if t["affine"][s] is not None else None
             for k in range(1, len(KINDS)):
-                c = int(counts[b, k])
-                if c == 0:
+                n = int(counts[c, k])
+                if n == 0:
                     continue
-                o = int(offsets[b, k])
-                rows = t["rel"][s][o:o + c]
+                o = int(offsets[c, k])
+                rows = t["rel"][s][o:o + n]
                 y = apply_kind(k, x.index_select(0, rows), arg.index_select(0, rows),
                                None if affine is None else affine.index_select(0, rows), self.fill, interp)
                 x.index_copy_(0, rows, y)
-        x = x.div_(255.0).sub_(self.mean).div_(self.std)
-        if p.erase_prob > 0:
-            e = t["erase"][sl]
-            H, W = x.shape[-2:]
-            yy = torch.arange(H, device=x.device, dtype=torch.float32).view(1, H, 1)
-            xx = torch.arange(W, device=x.device, dtype=torch.float32).view(1, 1, W)
-            top, left, h, w = (e[:, i].view(-1, 1, 1) for i in range(4))
-            mask = (yy >= top) & (yy < top + h) & (xx >= left) & (xx < left + w)
-            x = x.masked_fill_(mask.unsqueeze(1), 0.0)
-        return {"image": x, "label": self.labels.index_select(0, pos), "index": index_host, "crop": t["crop"][sl],
-                "flip": flip}
+        x = torch.addcmul(self._shift, x, self._scale)  # ToTensor + Normalize: x / 255, - mean, / std
+        if self._up is not None:  # resize to the output: one matmul per axis; clipped to uint8's range as PIL's
+            wy, wxt = self._up
+            x = torch.matmul(torch.matmul(wy, x), wxt)
+            lo, hi = self._bounds
+            for ch in range(x.shape[1]):
+                x[:, ch].clamp_(lo[ch], hi[ch])
+        if erase is not None:  # the boxes are known on the host: fill each erased one, touch nothing else
+            for i in np.flatnonzero(erase[:, 2]):
+                top, left, h, w = (int(v) for v in erase[i])
+                x[i, :, top:top + h, left:left + w] = 0.0
+        return x
 
 
 class DeviceEvalData:
