@@ -46,6 +46,22 @@ def _bundle(img_size: int, recipe: dict, name: str, per_class: int = 0):
     return data.build(config_lib.load(DIGITS, over).data)
 
 
+def _rgb(ds, cfg):
+    """The split's images as 3-channel RGB (grey, each channel the same): CIFAR's shape from real images."""
+    import numpy as np
+
+    from raylg.data.dataset import ImageDataset
+    from raylg.data.device import decode
+    from raylg.data.source import ArraySplit
+    from raylg.data.transforms import train_transform
+
+    a = decode(ds)  # N x 1 x H x W uint8
+    split = ArraySplit(np.repeat(a.transpose(0, 2, 3, 1), 3, -1), np.asarray(ds.labels))
+    norm = next(t for t in ds.transform.transforms if type(t).__name__ == "Normalize")
+    mean, std = (float(norm.mean[0]),) * 3, (float(norm.std[0]),) * 3
+    return ImageDataset(split, np.arange(len(a)), train_transform(cfg, mean, std, 3), "train")
+
+
 def _dataset_name() -> str:
     return "fashion_mnist" if Path("/usr/share/datasets/fashion-mnist").is_dir() else "digits"
 
@@ -107,11 +123,13 @@ def bench_pipeline(args) -> list[dict]:
     per_class = max(1, args.images // 10)
     for recipe_name, recipe, size in (("preset", PRESET, 32), ("paper", PAPER, 32), ("paper", PAPER, 224)):
         b = _bundle(size, recipe, name, per_class)
+        train, chans = (_rgb(b.train, b.cfg), 3) if args.rgb else (b.train, b.in_chans)
         n_loader = args.images // (4 if size == 224 else 1)
-        lo = loader_rate(b.train, n_loader, 128, args.repeats)
-        de = device_rate(b.train, b.in_chans, dev, 128, args.repeats)
+        lo = loader_rate(train, n_loader, 128, args.repeats)
+        de = device_rate(train, chans, dev, 128, args.repeats)
         med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
-        row = {"data": name, "recipe": recipe_name, "img_size": size, "device": str(dev), "train_images": len(b.train),
+        row = {"data": name + (" rgb" if args.rgb else ""), "recipe": recipe_name, "img_size": size, "device": str(dev),
+               "train_images": len(train),
                "loader_img_s": med(lo, 0), "device_img_s": med(de, 0), "loader_img_cpu_s": med(lo, 1),
                "device_img_cpu_s": med(de, 1), "loader_runs": lo, "device_runs": de}
         # per core: images per CPU second (one thread each; robust to other jobs on the cores). On a GPU the
@@ -119,7 +137,7 @@ def bench_pipeline(args) -> list[dict]:
         k = "img_cpu_s" if dev.type == "cpu" else "img_s"
         row["ratio"] = row[f"device_{k}"] / row[f"loader_{k}"]
         rows.append(row)
-        print(f"{name:13s} {recipe_name:6s} {size:4d}px  loader {row['loader_img_cpu_s']:7.0f} img/CPU-s "
+        print(f"{row['data']:17s} {recipe_name:6s} {size:4d}px  loader {row['loader_img_cpu_s']:7.0f} img/CPU-s "
               f"({row['loader_img_s']:7.0f}/s wall)   device ({dev}) {row['device_img_cpu_s']:7.0f} img/CPU-s "
               f"({row['device_img_s']:7.0f}/s wall)   x{row['ratio']:.1f}", flush=True)
     return rows
@@ -193,6 +211,7 @@ def main(argv=None) -> None:
     p.add_argument("--images", type=int, default=4096, help="training images (images // 10 per class); the device path "
                    "times whole epochs of them, the loader this many images (a quarter at 224px)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rgb", action="store_true", help="the images as 3-channel RGB (CIFAR's shape; grey content)")
     p.add_argument("--epoch", action="store_true", help="an epoch of the digits preset end to end, device vs loader")
     p.add_argument("--accuracy", action="store_true", help="the short LG run of the tests, 3 seeds per path")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])

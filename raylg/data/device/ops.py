@@ -51,8 +51,16 @@ def _round8(x: torch.Tensor) -> torch.Tensor:
 def resample(x: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor) -> torch.Tensor:
     """x (B, C, H, W) float 0..255; wy (B, oh, H), wx (B, ow, W): horizontal pass, uint8 rounding,
     vertical pass, rounding (PIL's order)."""
-    t = _round8(torch.matmul(x, wx.transpose(1, 2).unsqueeze(1)))
-    return _round8(torch.matmul(wy.unsqueeze(1), t))
+    B, C, H, W = x.shape
+    oh, ow = wy.shape[1], wx.shape[1]
+    if C == 1:
+        t = _round8(torch.bmm(x.view(B, H, W), wx.transpose(1, 2)))
+        return _round8(torch.bmm(wy, t)).view(B, 1, oh, ow)
+    # channels folded into the matrix products' rows/columns (broadcasting the weights over C copies them)
+    t = _round8(torch.bmm(x.reshape(B, C * H, W), wx.transpose(1, 2)))  # (B, C*H, ow)
+    t = t.view(B, C, H, ow).transpose(1, 2).reshape(B, H, C * ow)
+    y = _round8(torch.bmm(wy, t))  # (B, oh, C*ow)
+    return y.view(B, oh, C, ow).transpose(1, 2).contiguous()
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +99,8 @@ def _autocontrast(x: torch.Tensor) -> torch.Tensor:
     scale = 255.0 / torch.where(span > 0, span, torch.ones_like(span))
     offset = -lo * scale
     y = torch.trunc(x.double() * scale + offset).clamp_(0, 255).to(x.dtype)
-    return torch.where(span > 0, y, x)
+    keep = (span > 0).to(x.dtype)  # a flat channel stays as it is (0/1 blends are exact; torch.where is slow on CPUs)
+    return y.mul_(keep).add_(x * (1 - keep))
 
 
 def warp(x: torch.Tensor, affine: torch.Tensor, fill: torch.Tensor, interpolation: str) -> torch.Tensor:
@@ -104,8 +113,8 @@ def warp(x: torch.Tensor, affine: torch.Tensor, fill: torch.Tensor, interpolatio
     grid = F.affine_grid(theta, [B, C, H, W], align_corners=False)
     out = F.grid_sample(x, grid, mode=interpolation, padding_mode="border", align_corners=False)
     g = grid.abs()
-    inside = torch.maximum(g[..., 0], g[..., 1]).lt(1).unsqueeze(1)
-    return _round8(torch.where(inside, out, fill.view(1, C, 1, 1)))
+    inside = torch.maximum(g[..., 0], g[..., 1]).lt(1).unsqueeze(1).to(x.dtype)
+    return _round8(out.mul_(inside).addcmul_(1 - inside, fill.view(1, C, 1, 1)))  # fill outside, exactly
 
 
 def apply_kind(kind: int, x: torch.Tensor, arg: torch.Tensor, affine: torch.Tensor | None, fill, interpolation: str):
@@ -125,10 +134,10 @@ def apply_kind(kind: int, x: torch.Tensor, arg: torch.Tensor, affine: torch.Tens
     if name == "posterize":  # bits >= 8: unchanged; 0: black (raylg's safe_posterize)
         step = torch.pow(2.0, (8.0 - v).clamp(0, 8))
         return torch.floor(x / step) * step
-    if name == "solarize":
-        return torch.where(x >= v, 255.0 - x, x)
+    if name == "solarize":  # x >= v: 255 - x (as 0/1 arithmetic: exact on integers, and faster than torch.where)
+        return x + (x >= v).to(x.dtype) * (255.0 - 2 * x)
     if name == "solarize_add":
-        return torch.where(x < 128, (x + v).clamp_(max=255), x)
+        return x + (x < 128).to(x.dtype) * ((x + v).clamp_(max=255) - x)
     if name == "color":
         return _blend(_gray(x).expand_as(x), x, arg)
     if name == "contrast":
