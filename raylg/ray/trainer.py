@@ -142,10 +142,17 @@ def train_loop(config: dict[str, Any], hooks_cls: type[RayHooks] = RayHooks) -> 
             fit(cfg, config["run_dir"], hooks=hooks, resume_from=d, callbacks=callbacks)
 
 
+# Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s), and a run's end waits
+# for the next poll: at 0.25 s a short trial ends about 2 s sooner (the controller and worker spend ~0.5% of a core more
+# on polls). The controller reads it from the environment of the process that calls fit(); a value set there stands.
+POLL_INTERVAL_ENV, POLL_INTERVAL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
+
+
 def make_trainer(loop_config: dict[str, Any], *, name: str, storage: str, workers: int, cpus_per_worker: float,
                  gpus_per_worker: float, failures: int, callbacks: list | None = None,
                  loop: Callable[[dict], None] = train_loop, marks: dict[str, float] | None = None) -> TorchTrainer:
     """A TorchTrainer for one trial. `name` is the trial id, so a restarted trial finds its own run."""
+    os.environ.setdefault(POLL_INTERVAL_ENV, POLL_INTERVAL_S)
     use_gpu = gpus_per_worker > 0
     scaling = ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                             resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})})
