@@ -19,7 +19,9 @@ import ray.train.torch
 import ray.tune
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.backend import BackendConfig
 from ray.train.torch import TorchTrainer
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 import raylg
 from raylg import config as config_lib, storage, timing
@@ -127,8 +129,11 @@ def train_loop(config: dict[str, Any], hooks_cls: type[RayHooks] = RayHooks) -> 
     session = Session(config.get("report_to", "train"), share)
     hooks = hooks_cls(session)
     cfg = config_lib.unflatten(config["cfg"])
-    if 0 < share < 1 and torch.cuda.is_available() and (device := hooks.device(cfg)).type == "cuda":
-        cfg = _gpu_share(cfg, share, device)
+    device = hooks.device(cfg) if share and torch.cuda.is_available() else None
+    if device is not None and device.type == "cuda":
+        torch.cuda.set_device(device)  # a 1-worker run has no torch backend to do it
+        if share < 1:
+            cfg = _gpu_share(cfg, share, device)
     if storage.is_s3(cfg.teacher.path):  # a published teacher: copied once into this node's cache
         cfg = config_lib.apply_overrides(cfg, {"teacher.path": teachers.fetch(storage.parent(cfg.teacher.path))})
     callbacks = []
@@ -155,9 +160,10 @@ POLL_INTERVAL_ENV, POLL_INTERVAL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
 
 def make_trainer(loop_config: dict[str, Any], *, name: str, storage: str, workers: int, cpus_per_worker: float,
                  gpus_per_worker: float, failures: int, callbacks: list | None = None,
-                 loop: Callable[[dict], None] = train_loop, marks: dict[str, float] | None = None) -> TorchTrainer:
-    """A TorchTrainer for one trial. `name` is the trial id, so a restarted trial finds its own run. With
-    workers 0 the loop runs in the calling process (Tune's trial), on the GPU share that process holds."""
+                 loop: Callable[[dict], None] = train_loop, marks: dict[str, float] | None = None) -> DataParallelTrainer:
+    """The Ray Train run of one trial: a TorchTrainer (DDP over gloo or NCCL), or with one worker Ray's
+    trainer without a process group. `name` is the trial id, so a restarted trial finds its own run.
+    With workers 0 the loop runs in the calling process (Tune's trial), on the GPU share that process holds."""
     os.environ.setdefault(POLL_INTERVAL_ENV, POLL_INTERVAL_S)
     use_gpu = gpus_per_worker > 0 and workers > 0
     scaling = ScalingConfig(num_workers=workers, use_gpu=use_gpu,
@@ -170,5 +176,8 @@ def make_trainer(loop_config: dict[str, Any], *, name: str, storage: str, worker
     loop_config = {**loop_config, "cpus": cpus_per_worker, "gpus": gpus_per_worker,
                    "report_to": "tune" if (in_tune and workers == 0) else "train",
                    "marks": {**(marks or {}), "trainer_built": time.time()}}
+    if workers == 1:  # one rank needs no process group; Ray's plain backend also spares the controller torch's import (~1 s)
+        return DataParallelTrainer(loop, train_loop_config=loop_config, backend_config=BackendConfig(),
+                                   scaling_config=scaling, run_config=run)
     return TorchTrainer(loop, train_loop_config=loop_config, scaling_config=scaling,
                         run_config=run, torch_config=ray.train.torch.TorchConfig(backend="nccl" if use_gpu else "gloo"))
