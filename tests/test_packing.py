@@ -82,6 +82,9 @@ def test_how_many_trials_the_nodes_hold(tmp_path):
     assert sweep_lib.concurrency(_sweep(tmp_path, workers=1, cpus_per_worker=1), [{"CPU": 4}]) == 3
     assert sweep_lib.concurrency(_sweep(tmp_path, workers=1, cpus_per_worker=0.99), [{"CPU": 4}]) == 4
     # in-process trials on a GPU share: the trial's own process holds its CPUs and its share
+    assert sweep_lib.trial_resources(_sweep(tmp_path, workers=0, cpus_per_worker=2, gpus_per_worker=0.25)) == \
+        {"cpu": 2, "gpu": 0.25}
+    assert sweep_lib.trial_resources(_sweep(tmp_path, workers=1, gpus_per_worker=0.25)) == {"cpu": 0.01}  # its worker's
     assert sweep_lib.concurrency(_sweep(tmp_path, workers=0, gpus_per_worker=0.25), one_gpu) == 4
     assert sweep_lib.concurrency(_sweep(tmp_path, workers=0, gpus_per_worker=0.5), [{"CPU": 8, "GPU": 1}] * 2) == 4
     assert sweep_lib.concurrency(_sweep(tmp_path, workers=0, cpus_per_worker=4, gpus_per_worker=0.1), one_gpu) == 4

@@ -133,6 +133,13 @@ def trial_gpus(sweep: Sweep) -> float:
     return r.gpus_per_worker if r.workers == 0 else 0.0
 
 
+def trial_resources(sweep: Sweep) -> dict[str, float]:
+    """What Tune reserves for each trial's own process (an in-process trial on a GPU share: Ray's
+    CUDA_VISIBLE_DEVICES then names its GPU)."""
+    gpus = trial_gpus(sweep)
+    return {"cpu": trial_cpus(sweep), **({"gpu": gpus} if gpus else {})}
+
+
 def _fits(have: float, need: float) -> int:
     return int(have / need + EPS) if need > 0 else 1 << 30
 
@@ -270,8 +277,7 @@ def _git_commit() -> str:
 
 
 def _tuner(sweep: Sweep, paths: Paths, trainable, resume: bool, log=print) -> tune.Tuner:
-    gpus = trial_gpus(sweep)  # an in-process trial on a GPU share: Ray's CUDA_VISIBLE_DEVICES names its GPU
-    trainable = tune.with_resources(trainable, {"cpu": trial_cpus(sweep), **({"gpu": gpus} if gpus else {})})
+    trainable = tune.with_resources(trainable, trial_resources(sweep))
     path = f"{paths.storage}/{sweep.spec.name}"
     if resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
