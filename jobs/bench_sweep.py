@@ -152,7 +152,7 @@ def main(argv=None) -> None:
     rayt = []
     for i in range(args.train_runs):
         for variant in variants:  # alternating, so drifting load hits both alike
-            run_dir = tmp / f"ray{i}-{len(fixed_costs[variant])}{variant[0]}"
+            run_dir = tmp / f"ray{i}-{'raylg' if variant == 'raylg' else 'defaults'}"
             trainer = make_trainer({"cfg": config_lib.flatten(cfg), "run_dir": str(run_dir), "tracking": None},
                                    name=run_dir.name, storage=str(tmp / "store"), workers=1, cpus_per_worker=1,
                                    gpus_per_worker=0, failures=0)
