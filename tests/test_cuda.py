@@ -2,7 +2,7 @@
 
 DDP on NCCL with one GPU (a plain process group and a Ray Train worker), bf16 autocast, the
 device pipeline on the GPU against the same draws on the CPU, a 2-epoch LG run, a compiled run,
-and two trials packed on one GPU (resources.gpus_per_worker: 0.5).
+and two trials packed on one GPU (resources.gpus_per_worker: 0.5), as Train runs and in-process.
 """
 
 from __future__ import annotations
@@ -147,3 +147,23 @@ def test_two_trials_share_one_gpu(ray_head, tmp_path):
         assert saved.data.device_budget_mib == pytest.approx(0.25 * 0.5 * total_mib)
     # both workers held their half of the GPU at once: each was in its loop while the other trained
     assert overlapping(trials, start="loop_start"), "the two half-GPU trials did not run at the same time"
+
+
+def test_in_process_trials_share_one_gpu(ray_head, tmp_path):
+    """workers: 0 with gpus_per_worker 0.5: each trial's loop runs in its own Tune process on half the GPU
+    (no Train run to start), capped at its share of the memory, two at once."""
+    from raylg.ray import spec as spec_lib, sweep as sweep_lib
+    from test_packing import overlapping, write_sweep
+
+    path = write_sweep(tmp_path, "inproc", {"optim.lr": {"grid": [2e-3, 1e-3]}}, max_concurrent=2,
+                       set={"schedule.epochs": 3, "schedule.warmup_epochs": 1, "run.max_train_batches": 0},
+                       resources={"workers": 0, "cpus_per_worker": 1, "gpus_per_worker": 0.5})
+    rows = sweep_lib.run(spec_lib.load(path))
+    assert [r["status"] for r in rows] == ["FINISHED", "FINISHED"]
+    trials = sorted((tmp_path / "store" / "inproc" / "trials").iterdir())
+    total_mib = torch.cuda.get_device_properties(CUDA).total_memory / 2**20
+    for d in trials:
+        assert json.loads((d / "data.json").read_text())["device"].startswith("cuda")
+        saved = config_lib.load(d / "config.yaml")  # its share was applied: a quarter of half the GPU for the split
+        assert saved.data.device_budget_mib == pytest.approx(0.25 * 0.5 * total_mib)
+    assert overlapping(trials, start="loop_start"), "the two half-GPU in-process trials did not run at the same time"

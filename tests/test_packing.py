@@ -47,7 +47,8 @@ def overlapping(run_dirs: list[Path], start: str = "loaders") -> bool:
     ({"workers": 2, "gpus_per_worker": 0.5},
      r"resources.gpus_per_worker: 0.5 with resources.workers: 2: .*NCCL fails \(Ray issue 48012\)"),
     ({"workers": 1, "gpus_per_worker": 1.5}, r"resources.gpus_per_worker: 1.5 is more than one GPU with a fractional part"),
-    ({"workers": 0, "gpus_per_worker": 0.25}, r"resources.gpus_per_worker needs resources.workers >= 1"),
+    ({"workers": 0, "gpus_per_worker": 2}, r"resources.gpus_per_worker: 2 with resources.workers: 0: an in-process trial "
+                                           r"trains in one process on one GPU"),
 ])
 def test_fractional_gpus_that_cannot_work_are_refused_at_load(tmp_path, resources, message):
     path = write_sweep(tmp_path, "bad", {"optim.lr": {"grid": [1e-3]}}, resources=resources)
@@ -57,7 +58,8 @@ def test_fractional_gpus_that_cannot_work_are_refused_at_load(tmp_path, resource
 
 def test_fractional_and_whole_gpus_load(tmp_path):
     for resources in ({"workers": 1, "gpus_per_worker": 0.25}, {"workers": 2, "gpus_per_worker": 1},
-                      {"workers": 1, "gpus_per_worker": 2}):
+                      {"workers": 1, "gpus_per_worker": 2}, {"workers": 0, "gpus_per_worker": 0.25},
+                      {"workers": 0, "gpus_per_worker": 1}):
         assert spec_lib.load(write_sweep(tmp_path, "ok", {"optim.lr": {"grid": [1e-3]}}, resources=resources))
 
 
@@ -79,6 +81,13 @@ def test_how_many_trials_the_nodes_hold(tmp_path):
     assert sweep_lib.concurrency(_sweep(tmp_path, workers=0, cpus_per_worker=1), [{"CPU": 4}]) == 4
     assert sweep_lib.concurrency(_sweep(tmp_path, workers=1, cpus_per_worker=1), [{"CPU": 4}]) == 3
     assert sweep_lib.concurrency(_sweep(tmp_path, workers=1, cpus_per_worker=0.99), [{"CPU": 4}]) == 4
+    # in-process trials on a GPU share: the trial's own process holds its CPUs and its share
+    assert sweep_lib.trial_resources(_sweep(tmp_path, workers=0, cpus_per_worker=2, gpus_per_worker=0.25)) == \
+        {"cpu": 2, "gpu": 0.25}
+    assert sweep_lib.trial_resources(_sweep(tmp_path, workers=1, gpus_per_worker=0.25)) == {"cpu": 0.01}  # its worker's
+    assert sweep_lib.concurrency(_sweep(tmp_path, workers=0, gpus_per_worker=0.25), one_gpu) == 4
+    assert sweep_lib.concurrency(_sweep(tmp_path, workers=0, gpus_per_worker=0.5), [{"CPU": 8, "GPU": 1}] * 2) == 4
+    assert sweep_lib.concurrency(_sweep(tmp_path, workers=0, cpus_per_worker=4, gpus_per_worker=0.1), one_gpu) == 4
     # DDP trials spread their workers over the cluster
     assert sweep_lib.concurrency(_sweep(tmp_path, workers=2, gpus_per_worker=1), [{"CPU": 8, "GPU": 1}] * 4) == 2
 
@@ -92,16 +101,22 @@ def test_gpu_requests_no_node_can_hold_are_refused(tmp_path):
                                                    r"GPUs per node: 0\).*resources.gpus_per_worker"):
         sweep_lib.check_resources(_sweep(tmp_path, workers=1, gpus_per_worker=0.25), [{"CPU": 8}])
     sweep_lib.check_resources(_sweep(tmp_path, workers=1, gpus_per_worker=0.25), two_nodes)  # fits: no error
+    with pytest.raises(sweep_lib.SweepError, match=r"each trial asks for 0.5 GPUs in its own process \(workers: 0\) but the "
+                                                   r"Ray cluster has 0 GPUs .*GPUs per node: 0, 0\).*resources.gpus_per_worker"):
+        sweep_lib.check_resources(_sweep(tmp_path, workers=0, gpus_per_worker=0.5), [{"CPU": 8}, {"CPU": 8}])
+    sweep_lib.check_resources(_sweep(tmp_path, workers=0, gpus_per_worker=0.5), two_nodes)  # fits: no error
 
 
 # --- on the session's Ray head (4 CPUs, no GPU) -----------------------------------------------
 
 
 @pytest.mark.slow
-def test_fractional_gpu_on_a_cluster_without_one_is_refused_before_any_trial(ray_head, tmp_path):
+@pytest.mark.parametrize("workers", [1, 0])
+def test_fractional_gpu_on_a_cluster_without_one_is_refused_before_any_trial(ray_head, tmp_path, workers):
     path = write_sweep(tmp_path, "quarter", {"optim.lr": {"grid": [1e-3]}},
-                       resources={"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.25})
-    with pytest.raises(sweep_lib.SweepError, match=r"0.25 GPUs but the Ray cluster has 0 GPUs"):
+                       resources={"workers": workers, "cpus_per_worker": 1, "gpus_per_worker": 0.25})
+    with pytest.raises(sweep_lib.SweepError, match=r"0.25 GPUs (in its own process \(workers: 0\) )?but the Ray cluster "
+                                                   r"has 0 GPUs .*resources.gpus_per_worker"):
         sweep_lib.run(spec_lib.load(path))
     assert not (tmp_path / "store" / "quarter" / "trials").exists()  # no trial (nor teacher) started
 

@@ -52,7 +52,7 @@ class AshaSpec:
 class ResourcesSpec:
     workers: int = 0  # Ray Train workers per trial; 0 = the loop runs in the trial's own process
     cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0  # a fraction (0.25) packs 1-worker trials on a GPU; whole numbers above 1
+    gpus_per_worker: float = 0.0  # a fraction (0.25) packs 0- or 1-worker trials on a GPU; whole numbers above 1
 
 
 # the fields of a trial's config that its teacher learns from too: a teacher per data setting
@@ -200,8 +200,6 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     r = spec.resources
     if r.workers < 0 or r.cpus_per_worker <= 0 or r.gpus_per_worker < 0:
         raise ConfigError(f"resources: workers >= 0, cpus_per_worker > 0, gpus_per_worker >= 0; got {r}")
-    if r.workers == 0 and r.gpus_per_worker:
-        raise ConfigError("resources.gpus_per_worker needs resources.workers >= 1 (workers: 0 runs on the CPU in-process)")
     _check_gpu_share(r)
     if spec.num_samples < 1 or spec.max_concurrent < 1:
         raise ConfigError(f"num_samples and max_concurrent must be >= 1, got {spec.num_samples}, {spec.max_concurrent}")
@@ -236,9 +234,13 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
 
 def _check_gpu_share(r: ResourcesSpec) -> None:
     """A worker takes whole GPUs or a fraction of one; a fraction only for a 1-worker trial, since Ray
-    may place two ranks of one trial on the same GPU and NCCL refuses that (Ray issue 48012). What
-    the cluster's nodes hold is checked once Ray is up (raylg.ray.sweep.check_resources)."""
+    may place two ranks of one trial on the same GPU and NCCL refuses that (Ray issue 48012). An
+    in-process trial (workers: 0) takes one GPU or a fraction of one. What the cluster's nodes hold
+    is checked once Ray is up (raylg.ray.sweep.check_resources)."""
     g = r.gpus_per_worker
+    if r.workers == 0 and g > 1:
+        raise ConfigError(f"resources.gpus_per_worker: {g:g} with resources.workers: 0: an in-process trial trains in "
+                          f"one process on one GPU (a fraction of it, or 1); give it workers >= 1 for more GPUs")
     if g > 1 and g != int(g):
         raise ConfigError(f"resources.gpus_per_worker: {g:g} is more than one GPU with a fractional part; a worker takes "
                           f"a fraction of one GPU (0.25: four trials share it) or whole GPUs (1, 2, ...)")

@@ -102,10 +102,11 @@ def check_resources(sweep: Sweep, node_list: list[dict[str, float]] | None = Non
     r = sweep.spec.resources
     node_list = nodes() if node_list is None else node_list
     have = {k: sum(n.get(k, 0) for n in node_list) for k in ("CPU", "GPU")}
-    gpus_needed = r.workers * r.gpus_per_worker
+    gpus_needed = r.workers * r.gpus_per_worker + trial_gpus(sweep)
     if gpus_needed > have["GPU"] + EPS:
-        raise SweepError(f"resources: each trial asks for {r.workers} workers x {r.gpus_per_worker:g} GPUs = "
-                         f"{gpus_needed:g} GPUs "
+        asks = (f"{r.workers} workers x {r.gpus_per_worker:g} GPUs = {gpus_needed:g} GPUs" if r.workers else
+                f"{gpus_needed:g} GPUs in its own process (workers: 0)")
+        raise SweepError(f"resources: each trial asks for {asks} "
                          f"but the Ray cluster has {have['GPU']:g} GPUs (and {have['CPU']:g} CPUs; GPUs per node: "
                          f"{_gpus(node_list)}); lower resources.workers / resources.gpus_per_worker or add GPU nodes")
     if r.gpus_per_worker and not any(n.get("GPU", 0) + EPS >= r.gpus_per_worker for n in node_list):
@@ -126,15 +127,29 @@ def trial_cpus(sweep: Sweep) -> float:
     return r.cpus_per_worker if r.workers == 0 else DRIVER_CPU
 
 
+def trial_gpus(sweep: Sweep) -> float:
+    """GPUs of the Tune trial itself: the loop's share when it runs in-process, none otherwise (its workers hold them)."""
+    r = sweep.spec.resources
+    return r.gpus_per_worker if r.workers == 0 else 0.0
+
+
+def trial_resources(sweep: Sweep) -> dict[str, float]:
+    """What Tune reserves for each trial's own process (an in-process trial on a GPU share: Ray's
+    CUDA_VISIBLE_DEVICES then names its GPU)."""
+    gpus = trial_gpus(sweep)
+    return {"cpu": trial_cpus(sweep), **({"gpu": gpus} if gpus else {})}
+
+
 def _fits(have: float, need: float) -> int:
     return int(have / need + EPS) if need > 0 else 1 << 30
 
 
 def slots(sweep: Sweep, node_list: list[dict[str, float]]) -> int:
     """How many trials the nodes run at once. A trial of 0 or 1 worker lives on one node (with its
-    Tune driver: 0.01 CPU beside a Train worker), so each node holds what its CPUs and its GPUs
-    allow, the lower of the two (a 0.25 GPU share: 4 trials per GPU); a DDP trial's workers
-    may spread, so they are counted against the whole cluster."""
+    Tune driver: 0.01 CPU beside a Train worker; or the loop itself, holding the worker's CPUs and
+    GPU share), so each node holds what its CPUs and its GPUs allow, the lower of the two (a 0.25
+    GPU share: 4 trials per GPU); a DDP trial's workers may spread, so they are counted against
+    the whole cluster."""
     r = sweep.spec.resources
     cpus = r.workers * r.cpus_per_worker + trial_cpus(sweep)
     if r.workers <= 1:
@@ -262,7 +277,7 @@ def _git_commit() -> str:
 
 
 def _tuner(sweep: Sweep, paths: Paths, trainable, resume: bool, log=print) -> tune.Tuner:
-    trainable = tune.with_resources(trainable, {"cpu": trial_cpus(sweep)})
+    trainable = tune.with_resources(trainable, trial_resources(sweep))
     path = f"{paths.storage}/{sweep.spec.name}"
     if resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
