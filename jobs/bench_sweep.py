@@ -169,7 +169,6 @@ def main(argv=None) -> None:
             fixed_costs[variant].append(show(
                 f"1-worker Train run ({variant}), run {i + 1} of {args.train_runs} on this Ray (load average "
                 f"{os.getloadavg()[0]:.2f})", [*timing.read(run_dir / "timing.json"), ("returned", returned)], epochs))
-    ray_fixed = statistics.median(fixed_costs["raylg"])
     steady_plain, steady_ray = statistics.median(plain[1:] or plain), statistics.median(rayt)
     print(f"\nsteady epoch, plain loop:            {steady_plain:7.2f} s  (epochs: {', '.join(f'{t:.2f}' for t in plain)})")
     print(f"steady epoch, 1-worker Train run:    {steady_ray:7.2f} s  (epochs: {', '.join(f'{t:.2f}' for t in rayt)})")
