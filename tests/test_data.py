@@ -115,6 +115,14 @@ def test_digits_default_bundle():
     raw = b.view("train", transform=np.asarray)[0]["image"]
     assert raw.dtype == np.uint8 and raw.shape == (8, 8)
     assert b.train.split.images.max() == 255  # 0..16 scaled to 0..255
+    # read from scikit-learn's CSV without importing sklearn.datasets: its loader's arrays, exactly
+    from sklearn.datasets import load_digits
+
+    from raylg.data.digits import digits_arrays
+
+    images, target = digits_arrays()
+    ref = load_digits()
+    assert np.array_equal(images, ref.images) and np.array_equal(target, ref.target)
 
 
 @pytest.mark.parametrize("size", [32, 224])
