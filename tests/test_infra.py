@@ -501,6 +501,7 @@ def test_cli_exit_codes_and_output(repo):
 
 
 @requires_kubectl
+@requires_crds
 def test_cli_runs_as_a_module_from_infra_and_says_when_a_tool_is_missing():
     without = cli("overlays/single-gpu", "--without", "checkov", "--without", "hadolint",
                   cwd=ROOT / "infra", module=True)
