@@ -129,41 +129,24 @@ def test_compiled_run_on_the_gpu_reports_its_compile_time(tmp_path):
     assert torch.isfinite(torch.tensor(rows[0]["train/loss"]))
 
 
-def test_two_trials_share_one_gpu(ray_head, tmp_path):
-    """gpus_per_worker 0.5: two 1-worker trials on the one GPU at the same time."""
+@pytest.mark.parametrize("workers", [1, 0])
+def test_two_trials_share_one_gpu(ray_head, tmp_path, workers):
+    """gpus_per_worker 0.5: two trials on the one GPU at the same time, each capped at its share of the
+    memory; as 1-worker Train runs, and as in-process trials (workers: 0: the loop in Tune's process)."""
     from raylg.ray import spec as spec_lib, sweep as sweep_lib
     from test_packing import overlapping, write_sweep
 
-    path = write_sweep(tmp_path, "halves", {"optim.lr": {"grid": [2e-3, 1e-3]}}, max_concurrent=2,
+    name = f"halves{workers}"
+    path = write_sweep(tmp_path, name, {"optim.lr": {"grid": [2e-3, 1e-3]}}, max_concurrent=2,
                        set={"schedule.epochs": 5, "schedule.warmup_epochs": 1, "run.max_train_batches": 0},
-                       resources={"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.5})
+                       resources={"workers": workers, "cpus_per_worker": 1, "gpus_per_worker": 0.5})
     rows = sweep_lib.run(spec_lib.load(path))
     assert [r["status"] for r in rows] == ["FINISHED", "FINISHED"]
-    trials = sorted((tmp_path / "store" / "halves" / "trials").iterdir())
+    trials = sorted((tmp_path / "store" / name / "trials").iterdir())
     total_mib = torch.cuda.get_device_properties(CUDA).total_memory / 2**20
     for d in trials:
         assert json.loads((d / "data.json").read_text())["device"].startswith("cuda")
-        saved = config_lib.load(d / "config.yaml")  # the worker's share: a quarter of half the GPU for the split
+        saved = config_lib.load(d / "config.yaml")  # the trial's share: a quarter of half the GPU for the split
         assert saved.data.device_budget_mib == pytest.approx(0.25 * 0.5 * total_mib)
-    # both workers held their half of the GPU at once: each was in its loop while the other trained
-    assert overlapping(trials, start="loop_start"), "the two half-GPU trials did not run at the same time"
-
-
-def test_in_process_trials_share_one_gpu(ray_head, tmp_path):
-    """workers: 0 with gpus_per_worker 0.5: each trial's loop runs in its own Tune process on half the GPU
-    (no Train run to start), capped at its share of the memory, two at once."""
-    from raylg.ray import spec as spec_lib, sweep as sweep_lib
-    from test_packing import overlapping, write_sweep
-
-    path = write_sweep(tmp_path, "inproc", {"optim.lr": {"grid": [2e-3, 1e-3]}}, max_concurrent=2,
-                       set={"schedule.epochs": 3, "schedule.warmup_epochs": 1, "run.max_train_batches": 0},
-                       resources={"workers": 0, "cpus_per_worker": 1, "gpus_per_worker": 0.5})
-    rows = sweep_lib.run(spec_lib.load(path))
-    assert [r["status"] for r in rows] == ["FINISHED", "FINISHED"]
-    trials = sorted((tmp_path / "store" / "inproc" / "trials").iterdir())
-    total_mib = torch.cuda.get_device_properties(CUDA).total_memory / 2**20
-    for d in trials:
-        assert json.loads((d / "data.json").read_text())["device"].startswith("cuda")
-        saved = config_lib.load(d / "config.yaml")  # its share was applied: a quarter of half the GPU for the split
-        assert saved.data.device_budget_mib == pytest.approx(0.25 * 0.5 * total_mib)
-    assert overlapping(trials, start="loop_start"), "the two half-GPU in-process trials did not run at the same time"
+    # both trials held their half of the GPU at once: each was in its loop while the other trained
+    assert overlapping(trials, start="loop_start"), f"the two half-GPU trials (workers: {workers}) did not overlap"

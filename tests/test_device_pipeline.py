@@ -39,6 +39,14 @@ def synthetic(n=64, size=32, rgb=True, seed=0) -> ArraySplit:
     return ArraySplit(rng.integers(0, 256, shape, dtype=np.uint8), np.arange(n) % 10)
 
 
+def device_data(n: int, seed: int):
+    """A maker of DeviceTrainData (batch 8, CPU) over n synthetic RGB images with the RandAugment recipe."""
+    t = train_transform(data_cfg(), MEAN, STD, 3)
+    ds = ImageDataset(synthetic(n=n), np.arange(n), t, "train")
+    prog = D.compile_transform(t, 3)
+    return lambda **kw: D.DeviceTrainData(ds, prog, torch.device("cpu"), batch_size=8, seed=seed, **kw)
+
+
 def data_cfg(**over):
     base = {"data.auto_augment": RA, "data.re_prob": 0.25, "data.hflip": 0.5, "data.scale_min": 0.08}
     return config_lib.load(TINY, {**base, **over}).data
@@ -196,11 +204,7 @@ def test_device_batches_follow_the_program():
 
 def test_order_is_the_loaders_and_resume_sees_the_same_batches_and_ranks_shard():
     n = 50
-    cfg = data_cfg()
-    t = train_transform(cfg, MEAN, STD, 3)
-    ds = ImageDataset(synthetic(n=n), np.arange(n), t, "train")
-    prog = D.compile_transform(t, 3)
-    mk = lambda **kw: D.DeviceTrainData(ds, prog, torch.device("cpu"), batch_size=8, seed=5, **kw)  # noqa: E731
+    mk = device_data(n, seed=5)
     a, b = mk(), mk()
     a.set_epoch(3), b.set_epoch(3)
     for x, y in zip(a, b):
@@ -254,11 +258,7 @@ def test_crop_tables_chunks_and_the_enlarged_path_keep_the_batches():
     RandAugment runs at 32 px and one resize enlarges the batch: within uint8's range, erased boxes
     zero, and a few grey levels from the batch whose ops ran at 224 px."""
     n = 64
-    cfg = data_cfg()
-    t = train_transform(cfg, MEAN, STD, 3)
-    ds = ImageDataset(synthetic(n=n), np.arange(n), t, "train")
-    prog = D.compile_transform(t, 3)
-    mk = lambda **kw: D.DeviceTrainData(ds, prog, torch.device("cpu"), batch_size=8, seed=4, **kw)  # noqa: E731
+    mk = device_data(n, seed=4)
     a = mk()
     assert a.work == (32, 32) and a.chunk_batches > 1
     d = a.draw(0)
