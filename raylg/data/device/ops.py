@@ -53,10 +53,8 @@ def resample(x: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor) -> torch.Tenso
     vertical pass, rounding (PIL's order)."""
     B, C, H, W = x.shape
     oh, ow = wy.shape[1], wx.shape[1]
-    if C == 1:
-        t = _round8(torch.bmm(x.view(B, H, W), wx.transpose(1, 2)))
-        return _round8(torch.bmm(wy, t)).view(B, 1, oh, ow)
-    # channels folded into the matrix products' rows/columns (broadcasting the weights over C copies them)
+    # channels folded into the matrix products' rows/columns (broadcasting the weights over C copies them;
+    # with one channel the reshapes and transposes below are views)
     t = _round8(torch.bmm(x.reshape(B, C * H, W), wx.transpose(1, 2)))  # (B, C*H, ow)
     t = t.view(B, C, H, ow).transpose(1, 2).reshape(B, H, C * ow)
     y = _round8(torch.bmm(wy, t))  # (B, oh, C*ow)

@@ -182,8 +182,6 @@ class DeviceTrainData:
         self.labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64)).to(self.device)
         self.source_index = np.asarray(dataset.indices, dtype=np.int64)
         self.n, self.C, self.H, self.W = self.images.shape
-        self.mean = torch.tensor(program.mean, dtype=torch.float32, device=self.device).view(-1, 1, 1)
-        self.std = torch.tensor(program.std, dtype=torch.float32, device=self.device).view(-1, 1, 1)
         fill = program.randaug.fill if program.randaug is not None else (0.0,) * self.C
         self.fill = torch.tensor(fill, dtype=torch.float32, device=self.device)
         self.epoch = 0
@@ -200,10 +198,12 @@ class DeviceTrainData:
             (wh, ww), (oh, ow) = self.work, program.size
             self._up = (resample_matrix(zeros, zeros + wh, wh, oh, program.interpolation)[0],
                         resample_matrix(zeros, zeros + ww, ww, ow, program.interpolation)[0].T.contiguous())
+        # ToTensor + Normalize as one op, x * scale + shift; the normalised values of uint8's 0 and 255
+        mean = torch.tensor(program.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(program.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self._scale, self._shift = 1.0 / (255.0 * std), -mean / std
         self._bounds = ([(0.0 - m) / s for m, s in zip(program.mean, program.std)],
                         [(1.0 - m) / s for m, s in zip(program.mean, program.std)])
-        self._scale = (1.0 / (255.0 * self.std)).view(1, -1, 1, 1)
-        self._shift = (-self.mean / self.std).view(1, -1, 1, 1)
 
     def _work_size(self) -> tuple[int, int]:
         """Where the ops between the crop and the normalisation run. When the output is an enlargement
