@@ -3,6 +3,7 @@ real job, real servers started by the fixtures that need them."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -181,19 +182,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _gpus() -> int:
-    """The GPUs torch sees (0 here on the CPU machines): the session head offers them (tests/test_cuda.py)."""
-    import torch
-
-    return torch.cuda.device_count()
-
-
 class RayHead:
     """A `ray start --head` cluster with token auth, in its own temp dir and ports. Its
     processes are found and stopped by PID: every one of them inherits this head's unique
     token in its environment (never `ray stop`, which would end other users' clusters)."""
 
-    def __init__(self, root: Path, s3_endpoint: str | None = None):
+    def __init__(self, root: Path, s3_endpoint: str | None = None, num_gpus: int = 0):
         import subprocess
 
         self.token = SESSION_TOKEN
@@ -212,7 +206,7 @@ class RayHead:
         self.env.update(MLFLOW_TRACKING_USERNAME=MLFLOW_USER, MLFLOW_TRACKING_PASSWORD=MLFLOW_PASSWORD)
         subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
                         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-                        "--ray-client-server-port", str(self.client_port), "--num-cpus", "4", "--num-gpus", str(_gpus()),
+                        "--ray-client-server-port", str(self.client_port), "--num-cpus", "4", "--num-gpus", str(num_gpus),
                         # the node's other listeners too: another Ray on this machine holds the defaults
                         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
                         "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
@@ -239,26 +233,35 @@ class RayHead:
                 time.sleep(0.5)
 
 
-@pytest.fixture(scope="session")
-def ray_head(tmp_path_factory, s3_server):
+@contextlib.contextmanager
+def serving(head: RayHead):
+    """RAY_ADDRESS names `head` while it serves (a driver connected elsewhere is disconnected first);
+    then the driver disconnects, the head stops and RAY_ADDRESS is put back."""
     import os
 
-    head = RayHead(tmp_path_factory.mktemp("ray"), s3_endpoint=s3_server)
-    saved = {"RAY_ADDRESS": os.environ.get("RAY_ADDRESS")}
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    saved = os.environ.get("RAY_ADDRESS")
     os.environ["RAY_ADDRESS"] = head.address
     try:
         yield head
     finally:
-        import ray
-
         if ray.is_initialized():
             ray.shutdown()
         head.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        if saved is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = saved
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory, s3_server):
+    """The session's Ray head: 4 CPUs, no GPU (tests/test_cuda.py starts its own with the GPUs)."""
+    with serving(RayHead(tmp_path_factory.mktemp("ray"), s3_endpoint=s3_server)) as head:
+        yield head
 
 
 # --- MLflow tracking servers (`mlflow server`), started by the tests that need one ------------

@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import RayHead, serving, tiny_config
 from raylg import config as config_lib, data, engine, precision as precision_lib
 from raylg.data import device as device_data
 from raylg.fit import _loader, fit, setup
@@ -21,6 +21,14 @@ pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a 
               pytest.mark.slow]
 
 CUDA = torch.device("cuda", 0)
+
+
+@pytest.fixture(scope="module")
+def gpu_ray_head(tmp_path_factory, s3_server):
+    """A Ray head that offers this machine's GPUs (the session's head offers none)."""
+    with serving(RayHead(tmp_path_factory.mktemp("gpu-ray"), s3_endpoint=s3_server,
+                         num_gpus=torch.cuda.device_count())) as head:
+        yield head
 
 
 def _bf16_native() -> bool:
@@ -93,7 +101,7 @@ def test_ddp_on_nccl_with_one_gpu(tmp_path):
         dist.destroy_process_group()
 
 
-def test_one_worker_ray_train_run_on_the_gpu(ray_head, tmp_path):
+def test_one_worker_ray_train_run_on_the_gpu(gpu_ray_head, tmp_path):
     """A Ray Train trial with one GPU worker: the NCCL backend, the loop on cuda, the device pipeline."""
     from raylg.ray.trainer import make_trainer
 
@@ -130,7 +138,7 @@ def test_compiled_run_on_the_gpu_reports_its_compile_time(tmp_path):
 
 
 @pytest.mark.parametrize("workers", [1, 0])
-def test_two_trials_share_one_gpu(ray_head, tmp_path, workers):
+def test_two_trials_share_one_gpu(gpu_ray_head, tmp_path, workers):
     """gpus_per_worker 0.5: two trials on the one GPU at the same time, each capped at its share of the
     memory; as 1-worker Train runs, and as in-process trials (workers: 0: the loop in Tune's process)."""
     from raylg.ray import spec as spec_lib, sweep as sweep_lib
