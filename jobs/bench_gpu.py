@@ -99,14 +99,12 @@ def step_flops(task, batches, dev) -> float:
     """FLOPs of one training step (forward + backward, bf16 autocast) on one batch, by torch's counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from raylg import precision as precision_lib
+    from raylg import engine
 
-    batch = {k: v.to(dev) if hasattr(v, "to") else v for k, v in next(iter(batches)).items()}
+    batch = engine._to(next(iter(batches)), dev)
     task.train()
     with FlopCounterMode(display=False) as counter:
-        with precision_lib.autocast(dev, "bf16"):
-            out = task(batch)
-        sum(out["losses"].values()).backward()
+        engine.forward_losses(task, batch, device=dev, precision="bf16")[0].backward()
     for p in task.parameters():
         p.grad = None
     return float(counter.get_total_flops())
@@ -190,7 +188,7 @@ def compare_compile(args) -> None:
 
     import torch
 
-    from raylg import compiled as compiled_lib, precision as precision_lib
+    from raylg import compiled as compiled_lib, engine
     from raylg.task import build_optimizer
 
     dev = torch.device(args.device)
@@ -215,11 +213,7 @@ def compare_compile(args) -> None:
                 _sync(dev)
                 t0 = time.perf_counter()
                 for b in data:
-                    with precision_lib.autocast(dev, "bf16"):
-                        loss = sum(t(b)["losses"].values())
-                    o.zero_grad(set_to_none=True)
-                    loss.backward()
-                    o.step()
+                    engine.train_step(t, b, o, device=dev, precision="bf16")
                 _sync(dev)
                 return (time.perf_counter() - t0) / len(data)
 

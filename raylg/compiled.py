@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from raylg import precision as precision_lib
+from raylg import engine
 
 
 def compile_task(task: torch.nn.Module, **options) -> torch.nn.Module:
@@ -65,13 +65,9 @@ def warm_up(task: torch.nn.Module, batches: Iterable[dict], device: torch.device
     rng = _rng_state(device)
     was_training = task.training
     t0 = time.perf_counter()
-    batch = _first_batch(batches)
-    batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    batch = engine._to(_first_batch(batches), device)
     task.train()
-    with precision_lib.autocast(device, precision):
-        out = task(batch)
-    loss = sum(out["losses"].values())
-    loss.backward()
+    engine.forward_losses(task, batch, device=device, precision=precision)[0].backward()  # the step's own forward
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
