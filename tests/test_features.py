@@ -322,10 +322,12 @@ def test_s3_flipped_byte_is_caught_through_the_cache(teacher, bundle, s3_env, tm
     with pytest.raises(FeatureError, match=rf"shard '{m['shards'][0]['name']}' \(s3://{bucket}/{key}\) has sha256"):
         FeatureStore.open(uri)
     assert not list((tmp_path / "cache").glob("*.arrow"))  # nothing unverified is kept
+    assert not list((tmp_path / "cache").glob(".*.part"))  # nor the download it was checked in
     s3.delete_object(Bucket=bucket, Key=key)
     with pytest.raises(FeatureError, match=rf"shard '{m['shards'][0]['name']}' is listed in "
                                            rf"'s3://{bucket}/f/manifest.json' but missing"):
         FeatureStore.open(uri)
+    assert not list((tmp_path / "cache").glob(".*.part"))
 
 
 # --- interrupted writes -------------------------------------------------------------------------------

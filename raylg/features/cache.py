@@ -24,7 +24,7 @@ from pathlib import Path
 
 from raylg import storage
 from raylg.features.errors import FeatureError
-from raylg.files import sha256_file  # noqa: F401  (features.writer and readers take it from here)
+from raylg.files import atomic_path, sha256_file
 
 
 def cache_root() -> Path:
@@ -81,29 +81,22 @@ def local_shard(base: str, shard: dict, manifest_uri: str) -> Path:
                 return dest
             except FeatureError:  # a damaged cache copy is dropped and fetched again
                 dest.unlink(missing_ok=True)
-        tmp = root / f".{shard['sha256']}.{os.getpid()}.part"
-        h, n = hashlib.sha256(), 0
-        try:
-            with open(tmp, "wb") as out:
-                for b in storage.stream_chunks(where):
-                    h.update(b)
-                    n += len(b)
-                    out.write(b)
-        except FileNotFoundError:
-            tmp.unlink(missing_ok=True)
-            raise _missing(shard, where, manifest_uri) from None
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            if "not found" in str(e).lower() or "nosuchkey" in str(e).lower():
+        with atomic_path(dest, suffix=f".{os.getpid()}.part", prefix=".") as tmp:  # removed if anything below raises
+            h, n = hashlib.sha256(), 0
+            try:
+                with open(tmp, "wb") as out:
+                    for b in storage.stream_chunks(where):
+                        h.update(b)
+                        n += len(b)
+                        out.write(b)
+            except FileNotFoundError:
                 raise _missing(shard, where, manifest_uri) from None
-            raise FeatureError(f"cannot read feature shard {shard['name']!r} at {where!r}: {e}") from None
-        try:
+            except OSError as e:
+                if "not found" in str(e).lower() or "nosuchkey" in str(e).lower():
+                    raise _missing(shard, where, manifest_uri) from None
+                raise FeatureError(f"cannot read feature shard {shard['name']!r} at {where!r}: {e}") from None
             if n != shard["bytes"]:
                 raise _mismatch(shard, where, "size", f"{n} bytes", f"{shard['bytes']} bytes")
             if h.hexdigest() != shard["sha256"]:
                 raise _mismatch(shard, where, "sha256", h.hexdigest()[:16] + "…", shard["sha256"][:16] + "…")
-        except FeatureError:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, dest)
         return dest

@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader
 from raylg import storage, teacher as teacher_lib
 from raylg.data.transforms import clean_transform
 from raylg.features import manifest as mf
-from raylg.features.cache import sha256_file
 from raylg.features.errors import FeatureError
+from raylg.files import sha256_file
 
 DEFAULT_SHARD_MB = 256
 
