@@ -67,13 +67,14 @@ def same(a, b):
     return torch.allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def mlflow_runs(store: Path, name: str):
-    """(client, parent runs, trial runs) of sweep `name` in its default MLflow store under `store`."""
+def mlflow_runs(store: Path | None, name: str, uri: str | None = None):
+    """(client, parent runs, trial runs) of sweep `name` in its default MLflow store under `store`, or
+    at the tracking `uri` (a server)."""
     from mlflow.tracking import MlflowClient
 
     from raylg.tracking import default_uri
 
-    client = MlflowClient(default_uri(store / name))
+    client = MlflowClient(uri or default_uri(store / name))
     exp = client.get_experiment_by_name(name)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("raylg.role") == "sweep"]

@@ -42,6 +42,7 @@ from conftest import (
     SESSION_TOKEN,
     TINY,
     free_port,
+    mlflow_runs,
     pids_with_env,
     wait_port,
 )
@@ -241,7 +242,7 @@ class Cluster:
         shutil.rmtree(self.temp, ignore_errors=True)
 
     def driver_env(self, home: Path) -> dict:
-        return {**self.env, "RAY_ADDRESS": self.address, "HOME": str(home), "PYTHONUNBUFFERED": "1",
+        return {**self.env, "HOME": str(home), "PYTHONUNBUFFERED": "1",
                 "PYTHONPATH": str(ROOT), "RAYLG_FEATURE_CACHE": str(home / "features"),
                 "RAYLG_TEACHER_CACHE": str(home / "teachers")}
 
@@ -313,16 +314,6 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 600) -> str:
     out = log.read_text()
     assert proc.returncode == 0, out[-4000:]
     return out
-
-
-def mlflow_children(server, name: str):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(server.url)
-    exp = client.get_experiment_by_name(name)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    return (client, [r for r in runs if r.data.tags.get("raylg.role") == "sweep"],
-            [r for r in runs if r.data.tags.get("raylg.role") == "trial"])
 
 
 # --- the driver killed in the teacher stage -------------------------------------------------
@@ -398,7 +389,7 @@ def test_driver_killed_in_the_teacher_stage_reuses_published_teachers_and_never_
     card = json.loads(s3.client().get_object(Bucket=BUCKET, Key=f"raylg/_teachers/{large}/teacher.json")["Body"].read())
     body = s3.client().get_object(Bucket=BUCKET, Key=f"raylg/_teachers/{large}/teacher.safetensors")["Body"].read()
     assert hashlib.sha256(body).hexdigest() == card["sha256"] and len(body) > 1000
-    _, parents, children = mlflow_children(mlflow_server, "teachers")
+    _, parents, children = mlflow_runs(None, "teachers", uri=mlflow_server.url)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
     by_pc = {int(c.data.params["data.per_class"]): c for c in children}
@@ -502,7 +493,7 @@ def test_node_removed_under_a_ddp_trial(cluster, shards, mlflow_server, tmp_path
     first, second = seen
 
     # the sweep finished: one FINISHED MLflow run per trial under one FINISHED parent
-    client, parents, children = mlflow_children(mlflow_server, "spread")
+    client, parents, children = mlflow_runs(None, "spread", uri=mlflow_server.url)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     runs = {c.data.tags["raylg.trial_id"]: c for c in children}
     assert len(children) == 2 and set(runs) == {first, second}, out
