@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -85,14 +86,9 @@ def show(title: str, marks, epochs) -> float:
 
 def ray_defaults(trainer):
     """The same run as Ray's defaults start it: a TorchTrainer (gloo process group, torch imported by the
-    controller too) whose controller polls its workers every 2 s (Ray's RAY_TRAIN_HEALTH_CHECK_INTERVAL_S)."""
-    import os
-
+    controller too); main() runs it with Ray's 2 s poll interval (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S)."""
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from raylg.ray.trainer import POLL_INTERVAL_ENV
-
-    os.environ[POLL_INTERVAL_ENV] = "2"  # read when fit() starts the controller; main() puts the earlier value back
     return TorchTrainer(trainer.train_loop_per_worker, train_loop_config=trainer.train_loop_config,
                         scaling_config=trainer.scaling_config, run_config=trainer.run_config,
                         torch_config=TorchConfig(backend="gloo"))
@@ -156,13 +152,10 @@ def main(argv=None) -> None:
             trainer = make_trainer({"cfg": config_lib.flatten(cfg), "run_dir": str(run_dir), "tracking": None},
                                    name=run_dir.name, storage=str(tmp / "store"), workers=1, cpus_per_worker=1,
                                    gpus_per_worker=0, failures=0)
-            poll = os.environ[POLL_INTERVAL_ENV]  # make_trainer's default, or yours
-            if variant != "raylg":
-                trainer = ray_defaults(trainer)
-            try:
-                trainer.fit()
-            finally:
-                os.environ[POLL_INTERVAL_ENV] = poll
+            # the controller reads the poll interval when fit() starts it: Ray's 2 s for the defaults' run
+            poll = {} if variant == "raylg" else {POLL_INTERVAL_ENV: "2"}
+            with mock.patch.dict(os.environ, poll):
+                (trainer if variant == "raylg" else ray_defaults(trainer)).fit()
             returned = time.time()
             epochs = epoch_times(run_dir)
             rayt += (epochs[1:] or epochs) if variant == "raylg" else []
