@@ -174,7 +174,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         except Exception as e:
             raise _s3_error(e, uri, "write") from None
         return
-    write_bytes_atomic(uri, data, suffix=f".tmp-{os.getpid()}", prefix=".")  # hidden: list_names must not see it
+    write_bytes_atomic(uri, data, suffix=f".tmp-{os.getpid()}", prefix=".")  # a hidden name beside it, then renamed
 
 
 def list_names(uri: str) -> list[str]:

@@ -1,6 +1,7 @@
 """raylg.files: digests equal hashlib's, atomic writes land whole or leave the old file and no temporary."""
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -36,8 +37,15 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
     assert dest.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["eval.png"]
 
 
-def test_storage_write_bytes_is_atomic_under_a_hidden_name(tmp_path):
+def test_storage_write_bytes_is_atomic_under_a_hidden_name(tmp_path, monkeypatch):
+    import raylg.files
+
+    renamed = []
+    real = raylg.files.os.replace
+    monkeypatch.setattr(raylg.files.os, "replace", lambda src, dst: (renamed.append((Path(src), Path(dst))), real(src, dst)))
     uri = str(tmp_path / "m" / "manifest.json")
     storage.write_bytes(uri, b"{}")
+    (src, dst), = renamed  # written under another name, then renamed onto the destination
+    assert src.parent == dst.parent and src.name.startswith(".manifest.json.tmp-") and dst.name == "manifest.json"
     assert storage.list_names(str(tmp_path / "m")) == ["manifest.json"]
     assert (tmp_path / "m" / "manifest.json").read_bytes() == b"{}"
