@@ -60,7 +60,8 @@ def test_fractional_and_whole_gpus_load(tmp_path):
     for resources in ({"workers": 1, "gpus_per_worker": 0.25}, {"workers": 2, "gpus_per_worker": 1},
                       {"workers": 1, "gpus_per_worker": 2}, {"workers": 0, "gpus_per_worker": 0.25},
                       {"workers": 0, "gpus_per_worker": 1}):
-        assert spec_lib.load(write_sweep(tmp_path, "ok", {"optim.lr": {"grid": [1e-3]}}, resources=resources))
+        r = spec_lib.load(write_sweep(tmp_path, "ok", {"optim.lr": {"grid": [1e-3]}}, resources=resources)).spec.resources
+        assert (r.workers, r.gpus_per_worker) == (resources["workers"], resources["gpus_per_worker"])
 
 
 def _sweep(tmp_path, max_concurrent=64, **resources) -> spec_lib.Sweep:

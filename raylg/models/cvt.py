@@ -333,7 +333,6 @@ class CvT(FlatStages):
         return {f"stages.{i}.cls_token" for i, s in enumerate(self.stages) if s.cls_token is not None}
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
         if global_pool is not None:
             if global_pool not in ("token", "avg") or (global_pool == "token" and not self.num_prefix_tokens):
                 raise ModelError(f"global_pool {global_pool!r}: use 'avg'" + (" or 'token'" if self.num_prefix_tokens else ""))
