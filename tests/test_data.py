@@ -118,8 +118,9 @@ def test_digits_default_bundle():
     # read from scikit-learn's CSV without importing sklearn.datasets: its loader's arrays, exactly
     from sklearn.datasets import load_digits
 
-    from raylg.data.digits import digits_arrays
+    from raylg.data.digits import digits_arrays, digits_csv
 
+    assert digits_csv() is not None  # else digits_arrays is sklearn's loader and this compares it with itself
     images, target = digits_arrays()
     ref = load_digits()
     assert np.array_equal(images, ref.images) and np.array_equal(target, ref.target)

@@ -8,16 +8,22 @@ from .registry import register
 from .source import ArraySplit, Source, check_labels
 
 
-def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """(images 1797 x 8 x 8 in 0..16, labels) from the CSV scikit-learn ships, read as its
-    load_digits reads it, without importing sklearn.datasets (~0.8 s, paid by every fresh trial
-    process); scikit-learn's own loader where the file is not where it keeps it."""
+def digits_csv():
+    """The digits CSV scikit-learn ships (a Path), found without importing sklearn; None if it is not there."""
     import importlib.util
     from pathlib import Path
 
     spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
     path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
-    if path is None or not path.is_file():
+    return path if path is not None and path.is_file() else None
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images 1797 x 8 x 8 in 0..16, labels) from the CSV scikit-learn ships, read as its
+    load_digits reads it, without importing sklearn.datasets (~0.8 s, paid by every fresh trial
+    process); scikit-learn's own loader where the file is not where it keeps it."""
+    path = digits_csv()
+    if path is None:
         from sklearn.datasets import load_digits as sk_load
 
         d = sk_load()
