@@ -285,7 +285,7 @@ def main(argv=None) -> None:
     dev = torch.device(args.device)
     if args.one:
         if args.memory_fraction and dev.type == "cuda":
-            torch.cuda.set_per_process_memory_fraction(args.memory_fraction, dev)
+            torch.cuda.set_per_process_memory_fraction(args.memory_fraction, torch.cuda.current_device())
         model, img = args.cases[-1].split(":")
         print(json.dumps(measure(model, int(img), "baseline", "device", False, batch=args.batch_size, epochs=args.epochs,
                                  workers=0, device=args.device, flops_cache={}, seconds=args.seconds,
