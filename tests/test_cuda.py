@@ -24,10 +24,10 @@ CUDA = torch.device("cuda", 0)
 
 
 @pytest.fixture(scope="module")
-def gpu_ray_head(tmp_path_factory, s3_server):
-    """A Ray head that offers this machine's GPUs (the session's head offers none)."""
-    with serving(RayHead(tmp_path_factory.mktemp("gpu-ray"), s3_endpoint=s3_server,
-                         num_gpus=torch.cuda.device_count())) as head:
+def gpu_ray_head(tmp_path_factory):
+    """A Ray head that offers this machine's GPUs (the session's head offers none); these tests keep
+    their runs in local folders, so it needs no object store."""
+    with serving(RayHead(tmp_path_factory.mktemp("gpu-ray"), num_gpus=torch.cuda.device_count())) as head:
         yield head
 
 
@@ -70,6 +70,45 @@ def test_device_pipeline_on_the_gpu_draws_what_the_cpu_draws(tmp_path):
     assert torch.equal(g["label"].cpu(), c["label"].cpu())
     # the same per-sample parameters (drawn on the host) give the same pixels, up to float rounding on the GPU
     assert (g["image"].cpu() - c["image"]).abs().max().item() < 0.05
+
+
+@pytest.mark.parametrize("arm", ["baseline", "lg"])
+def test_device_pipeline_and_real_task_sync_once_per_epoch_not_per_step(tmp_path, digits_teacher, arm):
+    """torch's sync debug mode counts every synchronising call. An epoch of the real task (student, with
+    LG the teacher and aligners) fed by the device pipeline makes as many at 12 steps as at 3: none per step."""
+    import warnings
+
+    over = {"data.pipeline": "device", "run.device": "cuda", "run.max_train_batches": 0}
+    if arm == "lg":
+        over["teacher.path"] = str(digits_teacher)
+    cfg = tiny_config(tmp_path, **over)
+    s = setup(cfg)
+    pipe = device_data.plan(cfg.data, s.bundle, CUDA)
+    assert pipe.pipeline == "device", pipe.why
+    task = s.task.to(CUDA)
+    if s.targets is not None:
+        s.targets.to(CUDA)
+    opt = torch.optim.AdamW(task.parameters(), lr=1e-3)
+    loader = device_data.DeviceTrainData(s.bundle.train, pipe.program, CUDA, batch_size=32, seed=1)
+    prec = precision_lib.resolve("auto", CUDA, warn=False).precision
+    assert len(loader) >= 12, len(loader)
+
+    def syncs(epoch: int, steps: int) -> list[str]:
+        loader.set_epoch(epoch)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as w:
+                warnings.simplefilter("always")
+                _, _ = engine.train_one_epoch(task, loader, opt, lr_at=lambda _: 1e-3, step=0, device=CUDA, precision=prec,
+                                              max_batches=steps, log_every=1000)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return [f"{x.filename}:{x.lineno}: {x.message}" for x in w if "synchroniz" in str(x.message)]
+
+    syncs(0, 2)  # warm-up: first kernels, pinned buffers, crop tables
+    few, many = syncs(1, 3), syncs(2, 12)
+    assert len(many) == len(few), "\n".join(many)
 
 
 def test_ddp_on_nccl_with_one_gpu(tmp_path):
@@ -135,6 +174,24 @@ def test_compiled_run_on_the_gpu_reports_its_compile_time(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "compiled" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["compile_time_s"] > 0 and summary["compile_time_s"] == rows[0]["compile_time_s"]
     assert torch.isfinite(torch.tensor(rows[0]["train/loss"]))
+
+
+def test_a_gpu_share_caps_the_trials_memory(tmp_path):
+    """resources.gpus_per_worker: 0.5 caps the trial's caching allocator at half the GPU (the device given
+    without an index, as `run.device: cuda` gives it) and sizes the device pipeline's budget from that half."""
+    from raylg.ray.trainer import _gpu_share
+
+    total = torch.cuda.get_device_properties(CUDA).total_memory
+    try:
+        cfg = _gpu_share(tiny_config(tmp_path), 0.5, torch.device("cuda"))
+        assert cfg.data.device_budget_mib == pytest.approx(0.25 * 0.5 * total / 2**20)
+        with pytest.raises(torch.OutOfMemoryError):
+            torch.empty(int(0.6 * total), dtype=torch.uint8, device=CUDA)
+        x = torch.empty(int(0.3 * total), dtype=torch.uint8, device=CUDA)  # within its half
+        del x
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, CUDA)
+        torch.cuda.empty_cache()
 
 
 @pytest.mark.parametrize("workers", [1, 0])
