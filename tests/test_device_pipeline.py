@@ -296,6 +296,42 @@ def test_crop_tables_chunks_and_the_enlarged_path_keep_the_batches():
     assert float(grey.mean()) < 3 and float(grey.mean(dim=(1, 2, 3)).median()) < 2, float(grey.mean())
 
 
+def test_cpu_output_buffers_are_reused_only_when_nothing_holds_them():
+    """On a CPU the enlarged batches go into pooled tensors once the caller has let go of them: batches
+    kept (in a list, or a view of one) are never overwritten, and an epoch whose batches are dropped as
+    it goes runs on two buffers (the batch in the caller's hands, the one being made)."""
+    pool = D.OutputPool(torch.device("cpu"))
+    assert pool.enabled and not D.OutputPool(torch.device("meta")).enabled
+    a = pool.get((2, 3))
+    assert pool.get((2, 3)) is not a  # the very tensor, still held
+    view = pool.pool[1].detach()[:1]  # shares the storage, not a view of the pooled tensor (torch's count sees it)
+    del a
+    b = pool.get((2, 3))
+    assert b is pool.pool[0]  # let go of
+    c = pool.get((2, 3))
+    assert c is pool.pool[2]  # pool[0] held again, pool[1]'s storage still used: a third
+    del view
+    d = pool.get((2, 3))
+    assert d is pool.pool[1]
+    e = pool.get((4, 3))
+    assert all(e is not t for t in pool.pool) and len(pool.pool) == pool.SIZE  # other shape, pool full: a new one
+
+    n = 96
+    im = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
+    t224 = train_transform(data_cfg(**{"data.img_size": 224}), MEAN, STD, 3)
+    ds = ImageDataset(ArraySplit(im.numpy(), np.arange(n) % 10), np.arange(n), t224, "train")
+    dtd = D.DeviceTrainData(ds, D.compile_transform(t224, 3), torch.device("cpu"), batch_size=16, seed=2)
+    assert dtd.work == (32, 32) and dtd.chunk_batches == 1 and len(dtd) == 6
+    copies = [b["image"].clone() for b in dtd]  # dropped as it goes
+    kept = list(dtd)  # all held at once: six tensors
+    assert len({b["image"].data_ptr() for b in kept}) == 6
+    assert all(torch.equal(c, b["image"]) for c, b in zip(copies, kept))
+    firsts = [b["image"][:1] for b in dtd]  # a view of each kept
+    assert all(torch.equal(c[:1], f) for c, f in zip(copies, firsts))
+    del kept, firsts
+    assert len({b["image"].data_ptr() for b in dtd}) == 2
+
+
 # --- choosing, refusing -------------------------------------------------------------------------------
 
 

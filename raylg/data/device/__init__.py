@@ -60,10 +60,10 @@ from __future__ import annotations
 from .errors import DevicePipelineError, DevicePipelineWarning, Unsupported
 from .ops import KINDS, apply_kind, resample, resample_matrix, warp
 from .params import _pil_affine, draw_erase, draw_jitter, draw_randaug, draw_rrc  # noqa: F401  (_pil_affine: tests)
-from .pipeline import DEFAULT_FRACTION, DeviceEvalData, DeviceTrainData, Plan, budget, decode, plan
+from .pipeline import DEFAULT_FRACTION, DeviceEvalData, DeviceTrainData, OutputPool, Plan, budget, decode, plan
 from .program import KIND, Program, RandAugmentSpec, compile_transform, unsupported, unsupported_config
 
-__all__ = ["DEFAULT_FRACTION", "DeviceEvalData", "DevicePipelineError", "DevicePipelineWarning", "DeviceTrainData", "KIND",
+__all__ = ["DEFAULT_FRACTION", "DeviceEvalData", "DevicePipelineError", "DevicePipelineWarning", "DeviceTrainData", "OutputPool", "KIND",
            "KINDS", "Plan", "Program", "RandAugmentSpec", "Unsupported", "apply_kind", "budget", "compile_transform", "decode",
            "draw_erase", "draw_jitter", "draw_randaug", "draw_rrc", "plan", "resample", "resample_matrix", "unsupported",
            "unsupported_config", "warp"]

@@ -4,6 +4,7 @@ eval splits."""
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -166,6 +167,49 @@ def _pin(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
+class OutputPool:
+    """Batch-sized output tensors that a CPU epoch reuses once nothing holds them any more.
+
+    On a CPU a large new tensor is, as often as not, fresh pages from the kernel, faulted in and
+    zeroed on first write: for a 128 x 224 x 224 batch that cost as much as the augmentation itself
+    (measured with the resize to 224 px; glibc hands such blocks back to the kernel when freed).
+    get() returns a pooled tensor only when nothing else holds it: no other Python reference to the
+    tensor and no other tensor on its storage (torch's own count, which a batch or any view of it
+    that the caller keeps raises); else a new tensor, pooled while there is room. On a GPU (its
+    caching allocator reuses blocks already), or where torch's count is unreadable, get() gives
+    None: a new tensor each time."""
+
+    SIZE = 3
+
+    def __init__(self, device: torch.device):
+        self.pool: list[torch.Tensor] = [torch.empty(1)]
+        self.refs = 0
+        self.refs = sys.getrefcount(self.pool[0]) if self._count(self.pool[0]) == 1 else 0
+        self.enabled = torch.device(device).type == "cpu" and self.refs > 0 and self._free(0)
+        self.pool.clear()
+
+    @staticmethod
+    def _count(t: torch.Tensor) -> int:
+        """Tensors on t's storage (the storage object made to ask is not counted); -1 where unknown."""
+        count = getattr(torch._C, "_storage_Use_Count", None)
+        return -1 if count is None else count(t.untyped_storage()._cdata) - 1
+
+    def _free(self, i: int) -> bool:
+        return sys.getrefcount(self.pool[i]) == self.refs and self._count(self.pool[i]) == 1
+
+    def get(self, shape: tuple[int, ...]) -> torch.Tensor | None:
+        if not self.enabled:
+            return None
+        shape = tuple(int(d) for d in shape)
+        for i in range(len(self.pool)):
+            if tuple(self.pool[i].shape) == shape and self._free(i):
+                return self.pool[i]
+        t = torch.empty(shape)
+        if len(self.pool) < self.SIZE:
+            self.pool.append(t)
+        return t
+
+
 class DeviceTrainData:
     """The training split on the device; iterating yields augmented batches
     {"image", "label", "index" (host), "crop", "flip"} like the loader's."""
@@ -192,6 +236,7 @@ class DeviceTrainData:
         self.chunk_batches = int(chunk_batches)
         self.work = tuple(work_size) if work_size is not None else self._work_size()
         self._tables: dict = {}
+        self._outputs = OutputPool(self.device)
         self._up = None
         if self.work != program.size:  # the final resize: bicubic/bilinear matrices, normalised values, no rounding
             zeros = torch.zeros(1, device=self.device)
@@ -401,7 +446,8 @@ class DeviceTrainData:
         x = torch.addcmul(self._shift, x, self._scale)  # ToTensor + Normalize: x / 255, - mean, / std
         if self._up is not None:  # resize to the output: one matmul per axis; clipped to uint8's range as PIL's
             wy, wxt = self._up
-            x = torch.matmul(torch.matmul(wy, x), wxt)
+            y = torch.matmul(wy, x)
+            x = torch.matmul(y, wxt, out=self._outputs.get((*y.shape[:-1], wxt.shape[1])))
             lo, hi = self._bounds
             for ch in range(x.shape[1]):
                 x[:, ch].clamp_(lo[ch], hi[ch])
