@@ -63,7 +63,7 @@ from .params import _pil_affine, draw_erase, draw_jitter, draw_randaug, draw_rrc
 from .pipeline import DEFAULT_FRACTION, DeviceEvalData, DeviceTrainData, OutputPool, Plan, budget, decode, plan
 from .program import KIND, Program, RandAugmentSpec, compile_transform, unsupported, unsupported_config
 
-__all__ = ["DEFAULT_FRACTION", "DeviceEvalData", "DevicePipelineError", "DevicePipelineWarning", "DeviceTrainData", "OutputPool", "KIND",
-           "KINDS", "Plan", "Program", "RandAugmentSpec", "Unsupported", "apply_kind", "budget", "compile_transform", "decode",
-           "draw_erase", "draw_jitter", "draw_randaug", "draw_rrc", "plan", "resample", "resample_matrix", "unsupported",
-           "unsupported_config", "warp"]
+__all__ = ["DEFAULT_FRACTION", "DeviceEvalData", "DevicePipelineError", "DevicePipelineWarning", "DeviceTrainData",
+           "OutputPool", "KIND", "KINDS", "Plan", "Program", "RandAugmentSpec", "Unsupported", "apply_kind",
+           "budget", "compile_transform", "decode", "draw_erase", "draw_jitter", "draw_randaug", "draw_rrc", "plan",
+           "resample", "resample_matrix", "unsupported", "unsupported_config", "warp"]
