@@ -96,9 +96,7 @@ def _gpu_share(cfg, share: float, device: torch.device):
     memory, instead of starving the trials beside it), and the device pipeline's default budget is its share."""
     from raylg.data.device import DEFAULT_FRACTION
 
-    if device.index is None:  # torch's memory fraction wants the GPU's index
-        device = torch.device("cuda", torch.cuda.current_device())
-    torch.cuda.set_per_process_memory_fraction(share, device)
+    torch.cuda.set_per_process_memory_fraction(share, device)  # device: indexed (RayHooks.device; torch 2.11 needs it)
     if cfg.data.device_budget_mib == 0:
         total = torch.cuda.get_device_properties(device).total_memory
         cfg = config_lib.apply_overrides(cfg, {"data.device_budget_mib": DEFAULT_FRACTION * share * total / 2**20})
