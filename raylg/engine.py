@@ -166,7 +166,8 @@ class NanGuard:
 
 def _scalar(v, device) -> torch.Tensor:
     """A loss term or stat as a float64 scalar on the device, with no host sync: a number is filled in on the
-    device (torch.tensor(x, device=cuda) copies from host memory and waits), a host tensor is copied async."""
+    device (torch.tensor(x, device=cuda) copies from host memory and waits), a host tensor is copied with
+    non_blocking=True."""
     if torch.is_tensor(v):
         return v.detach().to(device=device, dtype=torch.float64, non_blocking=True).reshape(())
     return torch.full((), float(v), dtype=torch.float64, device=device)

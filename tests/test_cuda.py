@@ -100,14 +100,15 @@ def test_device_pipeline_and_real_task_sync_once_per_epoch_not_per_step(tmp_path
         try:
             with warnings.catch_warnings(record=True) as w:
                 warnings.simplefilter("always")
-                _, _ = engine.train_one_epoch(task, loader, opt, lr_at=lambda _: 1e-3, step=0, device=CUDA, precision=prec,
-                                              max_batches=steps, log_every=1000)
+                engine.train_one_epoch(task, loader, opt, lr_at=lambda _: 1e-3, step=0, device=CUDA, precision=prec,
+                                       max_batches=steps, log_every=1000)
         finally:
             torch.cuda.set_sync_debug_mode("default")
         return [f"{x.filename}:{x.lineno}: {x.message}" for x in w if "synchroniz" in str(x.message)]
 
     syncs(0, 2)  # warm-up: first kernels, pinned buffers, crop tables
     few, many = syncs(1, 3), syncs(2, 12)
+    assert few, "sync debug mode reported nothing, not even the epoch's one read of its sums"
     assert len(many) == len(few), "\n".join(many)
 
 
@@ -177,13 +178,13 @@ def test_compiled_run_on_the_gpu_reports_its_compile_time(tmp_path):
 
 
 def test_a_gpu_share_caps_the_trials_memory(tmp_path):
-    """resources.gpus_per_worker: 0.5 caps the trial's caching allocator at half the GPU (the device given
-    without an index, as `run.device: cuda` gives it) and sizes the device pipeline's budget from that half."""
+    """resources.gpus_per_worker: 0.5 caps the trial's caching allocator at half the GPU and sizes the device
+    pipeline's budget from that half."""
     from raylg.ray.trainer import _gpu_share
 
     total = torch.cuda.get_device_properties(CUDA).total_memory
     try:
-        cfg = _gpu_share(tiny_config(tmp_path), 0.5, torch.device("cuda"))
+        cfg = _gpu_share(tiny_config(tmp_path), 0.5, CUDA)
         assert cfg.data.device_budget_mib == pytest.approx(0.25 * 0.5 * total / 2**20)
         with pytest.raises(torch.OutOfMemoryError):
             torch.empty(int(0.6 * total), dtype=torch.uint8, device=CUDA)
